@@ -1,0 +1,100 @@
+import dataclasses
+
+import pytest
+import torch
+
+from toolkit.config import Fusion, VisionConfig, VisualTokens, preset
+from toolkit.model import DualModalNet, count_parameters
+
+
+def _inputs(cfg, batch=2, length=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g)
+    ids = torch.randint(5, 100, (batch, length), generator=g)
+    return image, ids, torch.ones(batch, length, dtype=torch.long)
+
+
+@pytest.fixture(scope="module")
+def seed_model():
+    torch.manual_seed(0)
+    return DualModalNet(preset("seed")).eval()
+
+
+def test_seed_parameter_count(seed_model):
+    # The architecture document: about 136.6 M parameters with 10 classes.
+    assert count_parameters(seed_model) == pytest.approx(136.6e6, rel=0.001)
+
+
+@torch.no_grad()
+def test_seed_intermediate_shapes(seed_model):
+    image, ids, mask = _inputs(seed_model.cfg, batch=2, length=16)
+    fmap = seed_model.vision(image)
+    assert fmap.shape == (2, 2048, 7, 7)
+    assert seed_model.vision(image).mean((2, 3)).shape == (2, 2048)
+    v = seed_model.visual_tokens(image)
+    assert v.shape == (2, 1, 512)  # pooled: one visual token
+    t = seed_model.text(ids, mask)
+    assert t.shape == (2, 16, 768)
+    fused = seed_model.fusion(v, seed_model.text_proj(t), mask)
+    assert fused.shape == (2, 512)
+    assert seed_model(image, ids, mask).shape == (2, 10)
+
+
+@torch.no_grad()
+def test_seed_grid_tokens_keep_the_7x7_map():
+    cfg = preset("seed", visual_tokens=VisualTokens.grid)
+    m = DualModalNet(cfg).eval()
+    image, _, _ = _inputs(cfg, batch=1)
+    assert m.visual_tokens(image).shape == (1, 49, 512)
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "seed"])
+@torch.no_grad()
+def test_padding_tokens_do_not_change_the_output(name):
+    torch.manual_seed(0)
+    cfg = preset(name)
+    m = DualModalNet(cfg).eval()
+    image, ids, mask = _inputs(cfg, batch=2, length=7)
+    ref = m(image, ids, mask)
+    padded_ids = torch.cat([ids, torch.randint(5, 100, (2, 9))], dim=1)  # junk in the padding
+    padded_mask = torch.cat([mask, torch.zeros(2, 9, dtype=torch.long)], dim=1)
+    out = m(image, padded_ids, padded_mask)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("fusion", list(Fusion))
+@pytest.mark.parametrize("tokens", list(VisualTokens))
+@torch.no_grad()
+def test_every_fusion_and_token_mode_runs(fusion, tokens):
+    cfg = preset("tiny", fusion=fusion, visual_tokens=tokens, num_classes=5)
+    m = DualModalNet(cfg).eval()
+    out = m(*_inputs(cfg, batch=3))
+    assert out.shape == (3, 5) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backbone,size", [("resnet34", 64), ("efficientnet_b0", 64),
+                                           ("vit_b_16", 32)])
+@torch.no_grad()
+def test_other_torchvision_backbones(backbone, size):
+    cfg = preset("tiny", image_size=size, vision=VisionConfig(backbone=backbone))
+    m = DualModalNet(cfg).eval()
+    out = m(*_inputs(cfg, batch=1))
+    assert out.shape == (1, cfg.num_classes)
+
+
+def test_grid_positions_distinguish_cells():
+    # Two images whose feature maps are equal everywhere must still give per-cell tokens that
+    # differ, or left/right could not be answered.
+    cfg = preset("tiny")
+    m = DualModalNet(cfg).eval()
+    with torch.no_grad():
+        v = m.visual_tokens(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+    assert torch.unique(v[0], dim=0).shape[0] == v.shape[1]
+
+
+def test_grid_with_fewer_stages_is_finer():
+    cfg = preset("small")
+    m = DualModalNet(cfg)
+    assert m.visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == 64  # 8x8 at stride 8
+    coarse = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, stages=4))
+    assert DualModalNet(coarse).visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == 4

@@ -1,0 +1,137 @@
+import json
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from toolkit.checkpoint import CheckpointError, load_checkpoint
+from toolkit.config import TrainConfig, preset
+from toolkit.data.manifest import load_split, resolve_manifest
+from toolkit.model import DualModalNet
+from toolkit.train import lr_lambda, train
+
+
+def test_run_directory_holds_everything(tiny_run):
+    for name in ("config.json", "vocab.txt", "labels.json", "best.safetensors",
+                 "last.safetensors", "resume.pt", "metrics.json"):
+        assert (tiny_run / name).is_file(), name
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    last = metrics["history"][-1]
+    assert set(last["per_type"]) == {"shape", "horizontal", "vertical", "closest", "furthest",
+                                     "count"}
+    assert 0.0 <= last["accuracy"] <= 1.0
+    assert not list(tiny_run.glob(".*tmp*"))  # no half-written files left behind
+
+
+def test_checkpoint_reloads_to_the_same_outputs(tiny_run):
+    ck = load_checkpoint(tiny_run, "last")
+    state = load_file(str(tiny_run / "last.safetensors"))
+    for k, v in ck.model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    assert ck.labels[:2] == ["square", "circle"] and ck.config.num_classes == 12
+    assert ck.config.text.vocab_size == len(ck.tokenizer.vocab)
+
+
+def test_corrupt_or_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope")
+    broken = tmp_path / "run"
+    broken.mkdir()
+    for name in ("config.json", "vocab.txt", "labels.json"):
+        (broken / name).write_bytes((tiny_run / name).read_bytes())
+    data = (tiny_run / "best.safetensors").read_bytes()
+    (broken / "best.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(broken)
+    cfg = json.loads((broken / "config.json").read_text())
+    cfg["format_version"] = 99
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(broken)
+
+
+def test_warmup_then_cosine():
+    f = lr_lambda(10, 110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
+    assert all(f(s) >= f(s + 1) for s in range(10, 110))
+
+
+def test_training_learns_a_fixed_batch(tiny_data, tmp_path):
+    """Loss on the training rows falls well below chance: the gradients reach every part."""
+    cfg = TrainConfig(data=str(tiny_data), out=str(tmp_path / "r"), model=preset("tiny"),
+                      epochs=60, batch_size=16, lr=3e-3, warmup_steps=5, vocab_size=120,
+                      device="cpu", eval_every=10**6, max_steps=300)
+    result = train(cfg, log=lambda *_: None)
+    model, tok = result["model"].eval(), result["tokenizer"]
+    split = load_split(resolve_manifest(tiny_data, "train"), result["labels"], tok,
+                       model.cfg.image_size)
+    idx = np.arange(min(len(split), 64))
+    from toolkit.evaluate import to_torch
+
+    with torch.no_grad():
+        logits = model(**to_torch(split.batch(idx, tok, model.cfg.mean, model.cfg.std), "cpu"))
+    loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(split.labels[idx]))
+    assert loss.item() < 0.5 * np.log(12), loss.item()
+
+
+def test_resume_continues_from_the_saved_step(tiny_train_config, tiny_run, tmp_path):
+    import dataclasses
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    steps_before = torch.load(run / "resume.pt", weights_only=True)["step"]
+    cfg = dataclasses.replace(tiny_train_config, out=str(run), epochs=2, resume=True)
+    result = train(cfg, log=lambda *_: None)
+    assert result["report"]["steps"] == 2 * steps_before
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history] == [steps_before, 2 * steps_before]
+
+
+def test_resume_without_a_checkpoint_is_refused(tiny_train_config, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_train_config, out=str(tmp_path / "fresh"), resume=True)
+    with pytest.raises(CheckpointError, match="resume.pt not found"):
+        train(cfg)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world, port, cfg, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    model = train(cfg, log=lambda *_: None)["model"]
+    torch.save(model.state_dict(), f"{out_dir}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_hold_identical_weights(tiny_train_config, tmp_path):
+    import dataclasses
+
+    import torch.multiprocessing as mp
+
+    cfg = dataclasses.replace(tiny_train_config, out=str(tmp_path / "ddp"), max_steps=3,
+                              batch_size=4)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, str(tmp_path)), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=lambda m: f"{k}: {m}")
+    # the ranks did train: weights moved away from the (seeded) initialization
+    saved = load_checkpoint(tmp_path / "ddp", "last")
+    torch.manual_seed(cfg.seed)
+    init = DualModalNet(saved.config).state_dict()
+    assert sum(not torch.equal(a[k], init[k]) for k in init) > len(init) // 2
+    # rank 0 saved what it held
+    assert all(torch.equal(a[k], v) for k, v in saved.model.state_dict().items())

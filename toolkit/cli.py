@@ -1,0 +1,155 @@
+"""The `toolkit` command line: each command builds a config and calls the library."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from toolkit.config import Device
+from toolkit.errors import ToolkitError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Train, export, verify and benchmark the dual-modal classifier.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate the embedded default.")
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+_state = {"verbose": False}
+
+
+class Preset(str, Enum):
+    seed = "seed"
+    small = "small"
+    tiny = "tiny"
+
+
+class Phrasing(str, Enum):
+    single = "single"
+    varied = "varied"
+
+
+def friendly(fn):
+    """Turn a ToolkitError into one line on stderr and exit 1 (the traceback with --verbose)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ToolkitError as e:
+            if _state["verbose"]:
+                raise
+            err.print(f"error: {e}", highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print("interrupted: the last complete checkpoint is kept; continue with --resume")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                       help="Show full tracebacks on errors.")) -> None:
+    _state["verbose"] = verbose
+
+
+@data_app.command("generate")
+@friendly
+def data_generate(
+    out: Path = typer.Option(Path("data/sort-of-clevr"), help="Output folder."),
+    scenes: int = typer.Option(10000, min=2, help="Number of scenes (images)."),
+    image_size: int = typer.Option(64, min=16, help="Image side in pixels."),
+    questions_per_type: int = typer.Option(1, min=1, max=6,
+                                           help="Questions per scene and question type."),
+    phrasing: Phrasing = typer.Option(Phrasing.varied, help="One template per type, or several."),
+    val_fraction: float = typer.Option(0.1, min=0.01, max=0.9, help="Held-out share of scenes."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same files."),
+) -> None:
+    """Write the Sort-of-CLEVR-style dataset: images/*.png, train.jsonl, val.jsonl."""
+    from toolkit.config import DataConfig
+    from toolkit.data.synthetic import generate
+
+    cfg = DataConfig(scenes=scenes, image_size=image_size, questions_per_type=questions_per_type,
+                     phrasing=phrasing.value, val_fraction=val_fraction, seed=seed)
+    path = generate(out, cfg)
+    console.print(f"wrote {scenes} scenes to {path}")
+
+
+@app.command()
+@friendly
+def train(
+    data: Path = typer.Option(..., exists=True, help="Dataset folder (train/val manifests)."),
+    out: Path = typer.Option(..., help="Run directory, e.g. runs/small."),
+    preset: Preset = typer.Option(Preset.small, help="Model size."),
+    epochs: int = typer.Option(10, min=1),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps."),
+    max_train_seconds: Optional[float] = typer.Option(None, min=1,
+                                                      help="Stop (and save) after this long."),
+    batch_size: int = typer.Option(32, min=1),
+    lr: float = typer.Option(1e-4, min=0),
+    warmup_steps: int = typer.Option(200, min=0),
+    eval_every: int = typer.Option(0, min=0, help="Steps between evaluations; 0 = each epoch."),
+    device: Device = typer.Option(Device.auto, help="Where to train."),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False, "--resume", help="Continue from runs/<name>/resume.pt."),
+    vision_weights: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                                  help="A local torchvision state dict."),
+    text_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
+                                              help="A local Hugging Face BERT-family directory."),
+    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows",
+                                       help="Leave out bad manifest rows instead of stopping."),
+) -> None:
+    """Train a model; best and last checkpoints land in OUT."""
+    from toolkit import config as C
+    from toolkit.train import train as run_train
+
+    model = C.preset(preset.value)
+    if vision_weights:
+        model = dataclasses.replace(model, vision=dataclasses.replace(
+            model.vision, weights=str(vision_weights)))
+    if text_model:
+        model = dataclasses.replace(model, text=dataclasses.replace(
+            model.text, model_dir=str(text_model)))
+    cfg = C.TrainConfig(data=str(data), out=str(out), model=model, epochs=epochs,
+                        max_steps=max_steps, batch_size=batch_size, lr=lr,
+                        warmup_steps=warmup_steps, seed=seed, device=device,
+                        eval_every=eval_every, skip_bad_rows=skip_bad_rows, resume=resume,
+                        max_train_seconds=max_train_seconds)
+    result = run_train(cfg, log=console.print)
+    if result["report"] is not None:
+        console.print(f"best checkpoint: {out / 'best.safetensors'}")
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    checkpoint: Path = typer.Option(..., help="Run directory (runs/<name>)."),
+    data: Path = typer.Option(..., exists=True, help="Dataset folder or manifest file."),
+    split: str = typer.Option("val", help="Split inside a dataset folder."),
+    which: str = typer.Option("best", help="best or last weights."),
+    device: Device = typer.Option(Device.auto),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report here."),
+) -> None:
+    """Accuracy overall and per question type, and the confusion matrix."""
+    from toolkit.evaluate import evaluate_checkpoint, format_report
+
+    report = evaluate_checkpoint(checkpoint, data, split=split, which=which, device=device)
+    console.print(format_report(report))
+    if json_out:
+        from toolkit.artifacts import write_json
+
+        write_json(json_out, report)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""Configuration: frozen dataclasses, presets and enums.
+
+Ground floor of the package: imports nothing of the toolkit. Every stage takes one of these configs,
+and every config round-trips through JSON (``to_dict`` / ``from_dict``) so that artifacts can carry
+the exact configuration that produced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ToolkitError
+
+# ImageNet statistics: torchvision's pretrained towers expect them, so every preset uses them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ConfigError(ToolkitError):
+    """A configuration value is not allowed; the message names the value and the allowed ones."""
+
+
+class VisualTokens(str, enum.Enum):
+    pooled = "pooled"  # one token: the globally pooled feature map (the seed's design)
+    grid = "grid"  # one token per cell of the final feature map (7x7 = 49 for ResNet-50 at 224 px)
+
+
+class Fusion(str, enum.Enum):
+    cross_attention = "cross_attention"
+    concat = "concat"
+    elementwise = "elementwise"
+
+
+class Device(str, enum.Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    backbone: str = "resnet50"  # a torchvision model name: resnet*, efficientnet_*, vit_*
+    # ResNet only: how many of the four residual stages to keep. Fewer stages keep a finer grid
+    # (stride 8 after two stages), which small images need to keep objects apart.
+    stages: int = 4
+    # ResNet only: also offer each earlier stage's features, average-pooled to the final grid, as
+    # extra channels of every visual token (the seed's "multi-scale features"). Early stages keep
+    # colour nearly linear, which the question's colour word must bind to.
+    multiscale: bool = False
+    weights: str | None = None  # local torchvision state dict; never downloaded
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    # Either a local Hugging Face directory (config + weights + vocab) or a BERT config built here.
+    model_dir: str | None = None
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    vocab_size: int = 30522  # replaced by the tokenizer's size when a vocabulary is trained
+    max_length: int = 512
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    num_classes: int = 10
+    image_size: int = 224
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    dim: int = 512  # fusion width: both towers are projected to it
+    heads: int = 8
+    dropout: float = 0.1
+    visual_tokens: VisualTokens = VisualTokens.pooled
+    fusion: Fusion = Fusion.cross_attention
+    # Number of stacked bidirectional cross-attention blocks. The seed has one; relational questions
+    # need a second hop (find the object, then compare the others with it).
+    fusion_layers: int = 1
+    fusion_ffn: int = 0  # hidden width of a feed-forward layer after each attention; 0 = none
+    # Visual tokens are modulated (FiLM) by what they read from the question, not added to it.
+    fusion_film: bool = False
+    head_hidden: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f"dim={self.dim} is not divisible by heads={self.heads}")
+        if self.fusion_layers < 1:
+            raise ConfigError(f"fusion_layers must be >= 1, got {self.fusion_layers}")
+        if not 1 <= self.vision.stages <= 4:
+            raise ConfigError(f"vision.stages must be 1..4, got {self.vision.stages}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Options of the embedded Sort-of-CLEVR generator."""
+
+    scenes: int = 10000
+    image_size: int = 64
+    questions_per_type: int = 1  # per scene and per question type (6 types)
+    phrasing: str = "varied"  # "single": one template per question type; "varied": several
+    val_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str  # a dataset directory (train.jsonl, val.jsonl) or a manifest file
+    out: str  # runs/<name>
+    model: ModelConfig
+    epochs: int = 10
+    max_steps: int | None = None  # stops early when reached
+    batch_size: int = 32
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: Device = Device.auto
+    vocab_size: int = 1000  # WordPiece vocabulary trained on the training text (no text model given)
+    eval_every: int = 0  # steps between held-out evaluations; 0 = once per epoch
+    skip_bad_rows: bool = False
+    resume: bool = False
+    max_train_seconds: float | None = None  # stop (and save) once this wall-clock budget is spent
+
+
+# Presets name sizes. `seed` is the architecture document's model; `small` keeps its structure with
+# towers small enough to train on a laptop CPU; `tiny` exists for tests.
+PRESETS: dict[str, ModelConfig] = {
+    "seed": ModelConfig(),
+    "small": ModelConfig(
+        image_size=64,
+        vision=VisionConfig(backbone="resnet18", stages=2, multiscale=True),  # (B, 256, 8, 8)
+        text=TextConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
+                        max_length=32),
+        dim=128,
+        heads=4,
+        visual_tokens=VisualTokens.grid,
+        fusion_layers=2,
+        fusion_ffn=256,
+        head_hidden=256,
+    ),
+    "tiny": ModelConfig(
+        image_size=32,
+        vision=VisionConfig(backbone="resnet18", stages=1, multiscale=True),
+        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                        vocab_size=200, max_length=16),
+        dim=32,
+        heads=2,
+        visual_tokens=VisualTokens.grid,
+        fusion_layers=1,
+        fusion_ffn=32,
+        head_hidden=32,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with top-level fields replaced; an unknown name lists the known ones."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass; enums become their values."""
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        if is_dataclass(v):
+            v = to_dict(v)
+        elif isinstance(v, enum.Enum):
+            v = v.value
+        elif isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, Path):
+            v = str(v)
+        out[f.name] = v
+    return out
+
+
+_NESTED = {"vision": VisionConfig, "text": TextConfig, "model": ModelConfig}
+_ENUMS = {"visual_tokens": VisualTokens, "fusion": Fusion, "device": Device}
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a config dataclass from ``to_dict`` output; unknown keys are an error."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s): {', '.join(sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for k, v in data.items():
+        if k in _NESTED and isinstance(v, dict):
+            v = from_dict(_NESTED[k], v)
+        elif k in _ENUMS:
+            v = _ENUMS[k](v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[k] = v
+    return cls(**kwargs)

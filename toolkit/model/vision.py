@@ -1,0 +1,115 @@
+"""Vision tower: a torchvision backbone without its classifier, returning visual tokens.
+
+`pooled` gives one token (global average pool, the seed's design); `grid` keeps every cell of the
+final feature map as a token, with its (x, y) centre so that position survives the flattening.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from toolkit.config import VisionConfig
+from toolkit.errors import ToolkitError
+
+
+class VisionError(ToolkitError):
+    pass
+
+
+def _stage_channels(stage: nn.Sequential) -> int:
+    last = stage[-1]  # Bottleneck blocks end in conv3/bn3, basic blocks in conv2/bn2
+    return (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+
+
+class ResNetStages(nn.Module):
+    """The stem and the first `stages` residual stages; optionally every stage's output pooled
+    to the last one's grid and stacked as channels."""
+
+    def __init__(self, m: nn.Module, stages: int, multiscale: bool):
+        super().__init__()
+        self.stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+        self.stages = nn.ModuleList([m.layer1, m.layer2, m.layer3, m.layer4][:stages])
+        self.multiscale = multiscale
+        widths = [_stage_channels(s) for s in self.stages]
+        self.out_channels = (m.conv1.out_channels + sum(widths)) if multiscale else widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [self.stem(x)]  # (B, 64, H/4, W/4)
+        for stage in self.stages:
+            feats.append(stage(feats[-1]))
+        last = feats[-1]  # (B, C, h, w)
+        if not self.multiscale:
+            return last
+        h, w = last.shape[-2:]
+        pooled = [nn.functional.adaptive_avg_pool2d(f, (h, w)) for f in feats[:-1]]
+        return torch.cat(pooled + [last], dim=1)  # (B, 64 + sum(stage widths), h, w)
+
+
+class VisionTower(nn.Module):
+    """(B, 3, H, W) -> feature map (B, C, h, w); `out_channels` is C."""
+
+    def __init__(self, cfg: VisionConfig, image_size: int):
+        super().__init__()
+        name = cfg.backbone
+        kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
+        try:
+            m = torchvision.models.get_model(name, weights=None, **kwargs)
+        except ValueError as e:
+            known = [n for n in torchvision.models.list_models(torchvision.models)
+                     if n.startswith(("resnet", "efficientnet", "vit_"))]
+            raise VisionError(f"unknown vision backbone {name!r}; choose one of: "
+                              f"{', '.join(known)}") from e
+        if cfg.weights:
+            load_torchvision_weights(m, cfg.weights)
+        self.kind = name.split("_")[0].rstrip("0123456789")  # resnet | efficientnet | vit
+        if self.kind == "resnet":
+            self.body = ResNetStages(m, cfg.stages, cfg.multiscale)
+            self.out_channels = self.body.out_channels
+        elif self.kind == "efficientnet":
+            self.body = m.features
+            self.out_channels = m.features[-1][0].out_channels
+        elif self.kind == "vit":
+            self.vit = m
+            self.out_channels = m.hidden_dim
+        else:
+            raise VisionError(f"backbone {name!r} is not a ResNet, EfficientNet or ViT")
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.kind != "vit":
+            return self.body(image)  # (B, C, h, w)
+        # ViT: patch tokens after the encoder, laid back out as a (B, C, h, w) map.
+        x = self.vit._process_input(image)  # (B, N, C)
+        cls = self.vit.class_token.expand(x.shape[0], -1, -1)
+        x = self.vit.encoder(torch.cat([cls, x], dim=1))[:, 1:]  # (B, N, C)
+        side = image.shape[-1] // self.vit.patch_size
+        return x.transpose(1, 2).reshape(x.shape[0], -1, side, side)
+
+
+def load_torchvision_weights(model: nn.Module, path: str) -> None:
+    """Load a local torchvision state dict; the classifier head may be absent or of another size."""
+    p = Path(path)
+    if not p.is_file():
+        raise VisionError(f"vision weights not found: {p}; pass a torchvision state dict (.pth)")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a corrupt pickle/zip
+        raise VisionError(f"{p} is not a readable torch state dict ({e})") from e
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = model.state_dict()
+    head = {k for k in own if k.startswith(("fc.", "classifier.", "heads."))}
+    state = {k: v for k, v in state.items() if k not in head}
+    missing = [k for k in own if k not in state and k not in head]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                           for what, keys in (("missing", missing), ("unexpected", unexpected),
+                                              ("wrong shape", wrong)) if keys)
+        raise VisionError(f"{p} does not match backbone {type(model).__name__} ({detail}); "
+                          "pass the state dict of the same torchvision architecture")
+    model.load_state_dict(state, strict=False)

@@ -1,0 +1,239 @@
+"""Training: AdamW, linear warmup then cosine decay, gradient clipping, AMP on CUDA, DDP.
+
+One process per GPU under torchrun (or two CPU processes with gloo). Rank 0 evaluates, prints
+and writes checkpoints; every rank sees a disjoint shard of each epoch's permutation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from toolkit.artifacts import atomic_path, write_json
+from toolkit.checkpoint import CheckpointError, read_config, save_weights, write_run_files
+from toolkit.config import Device, ModelConfig, TrainConfig, to_dict
+from toolkit.data.manifest import Split, dataset_labels, load_split, read_manifest, resolve_manifest
+from toolkit.data.preprocess import Tokenizer, train_vocab
+from toolkit.errors import ToolkitError
+from toolkit.evaluate import evaluate, to_torch
+from toolkit.metrics import majority_baseline
+from toolkit.model import DualModalNet
+
+
+class TrainError(ToolkitError):
+    pass
+
+
+def resolve_device(device: Device | str) -> torch.device:
+    device = Device(device)
+    if device is Device.cuda and not torch.cuda.is_available():
+        raise TrainError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu "
+                         "or install a CUDA build of torch on a machine with an NVIDIA GPU")
+    if device is Device.auto:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device.value)
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warmup to the peak, then cosine decay to zero at `total` steps."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def prepare_data(cfg: TrainConfig):
+    """Labels, tokenizer and both splits; the vocabulary is trained on the training text."""
+    train_path = resolve_manifest(cfg.data, "train")
+    rows = read_manifest(train_path)
+    labels = dataset_labels(cfg.data, rows)
+    mcfg = cfg.model
+    if mcfg.text.model_dir:
+        tokenizer = Tokenizer.from_file(Path(mcfg.text.model_dir) / "vocab.txt",
+                                        mcfg.text.max_length)
+    else:
+        tokenizer = Tokenizer(train_vocab((r.text for r in rows), cfg.vocab_size),
+                              mcfg.text.max_length)
+    mcfg = dataclasses.replace(
+        mcfg, num_classes=len(labels),
+        text=dataclasses.replace(mcfg.text, vocab_size=len(tokenizer.vocab)))
+    train = load_split(train_path, labels, tokenizer, mcfg.image_size, cfg.skip_bad_rows)
+    val = load_split(resolve_manifest(cfg.data, "val"), labels, tokenizer, mcfg.image_size,
+                     cfg.skip_bad_rows)
+    return mcfg, labels, tokenizer, train, val
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train, evaluating on the held-out split; returns the final metrics. See TrainConfig."""
+    device = resolve_device(cfg.device)
+    ddp = init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    resume_file = out / "resume.pt"
+    if cfg.resume:
+        if not resume_file.is_file():
+            raise CheckpointError(f"--resume: {resume_file} not found; start without --resume")
+        mcfg_saved = read_config(out)
+    mcfg, labels, tokenizer, train_split, val_split = prepare_data(cfg)
+    if cfg.resume:
+        # The vocabulary is the one the run started with, not a retrained one.
+        tokenizer = Tokenizer.from_file(out / "vocab.txt", mcfg_saved.text.max_length)
+        mcfg = mcfg_saved
+        train_split, val_split = (load_split(resolve_manifest(cfg.data, s), labels, tokenizer,
+                                             mcfg.image_size, cfg.skip_bad_rows)
+                                  for s in ("train", "val"))
+    if ddp.main:
+        priors = majority_baseline(val_split.labels, val_split.question_types, len(labels))
+        log(f"answer priors (majority class per question type, held-out): "
+            + ", ".join(f"{k} {v:.1%}" for k, v in priors.items()))
+
+    model = DualModalNet(mcfg).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    per_rank = len(train_split) // ddp.world
+    steps_per_epoch = max(1, per_rank // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(cfg.warmup_steps, total // 4 + 1),
+                                                             total))
+    state = {"step": 0, "best": -1.0, "history": []}
+    if cfg.resume:
+        ck = torch.load(resume_file, map_location=device, weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        state = {"step": ck["step"], "best": ck["best"], "history": ck["history"]}
+        if ddp.main:
+            log(f"resumed {out} at step {state['step']}")
+    elif ddp.main:
+        write_run_files(out, mcfg, to_dict(dataclasses.replace(cfg, model=mcfg)), tokenizer, labels)
+
+    net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+           else nullcontext())
+    loss_fn = nn.CrossEntropyLoss()
+    eval_every = cfg.eval_every or steps_per_epoch
+
+    def checkpoint(report: dict | None) -> None:
+        if not ddp.main:
+            return
+        save_weights(model, out / "last.safetensors")
+        if report is not None:
+            state["history"].append({"step": state["step"], **{k: report[k] for k in
+                                                               ("accuracy", "per_type", "groups")}})
+            if report["accuracy"] > state["best"]:
+                state["best"] = report["accuracy"]
+                save_weights(model, out / "best.safetensors")
+            write_json(out / "metrics.json", {"best_accuracy": state["best"],
+                                              "history": state["history"]})
+        with atomic_path(resume_file) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(), "step": state["step"],
+                        "best": state["best"], "history": state["history"]}, tmp)
+
+    def run_eval() -> dict:
+        report = evaluate(model, val_split, tokenizer, mcfg, labels, device)
+        groups = " ".join(f"{k} {v:.1%}" for k, v in report["groups"].items())
+        train_loss = window_loss / max(1, window_steps)
+        log(f"step {state['step']}: train loss {train_loss:.3f}, held-out accuracy "
+            f"{report['accuracy']:.1%} {groups} | "
+            + " ".join(f"{k} {v:.0%}" for k, v in report["per_type"].items()))
+        return report
+
+    progress = _progress(total, disable=not ddp.main)
+    started = time.perf_counter()
+    seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
+    report = None
+    with progress:
+        task = progress.add_task("train", total=total, completed=state["step"], loss=float("nan"),
+                                 rate=0.0)
+        while state["step"] < total:
+            epoch, offset = divmod(state["step"], steps_per_epoch)
+            perm = np.random.default_rng(cfg.seed + epoch).permutation(len(train_split))
+            shard = perm[ddp.rank::ddp.world]
+            for b in range(offset, steps_per_epoch):
+                net.train()
+                idx = shard[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std), device)
+                target = torch.from_numpy(train_split.labels[idx]).to(device)
+                with amp:
+                    loss = loss_fn(net(**inputs).float(), target)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                state["step"] += 1
+                seen += len(idx) * ddp.world
+                now = time.perf_counter()
+                window_loss += loss.item()
+                window_steps += 1
+                progress.update(task, advance=1, loss=loss.item(),
+                                rate=seen / max(now - window_start, 1e-9))
+                out_of_time = (cfg.max_train_seconds is not None
+                               and now - started > cfg.max_train_seconds)
+                if state["step"] % eval_every == 0 or state["step"] >= total or out_of_time:
+                    report = run_eval() if ddp.main else None
+                    checkpoint(report)
+                    seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
+                if state["step"] >= total or out_of_time:
+                    break
+            if out_of_time:
+                if ddp.main:
+                    log(f"stopped at step {state['step']}/{total}: --max-train-seconds reached")
+                break
+    if ddp.world > 1:
+        # BatchNorm running statistics are updated locally by each rank's last forward pass; make
+        # every rank end with rank 0's (the ones it saved), as DDP does before each forward.
+        for buf in model.buffers():
+            dist.broadcast(buf, 0)
+    if ddp.main and report is not None:
+        report["train_seconds"] = time.perf_counter() - started
+        report["steps"] = state["step"]
+    return {"report": report, "model": model, "labels": labels, "config": mcfg,
+            "tokenizer": tokenizer}
+
+
+def _progress(total: int, disable: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("loss {task.fields[loss]:.3f}"),
+                    TextColumn("{task.fields[rate]:.0f} samples/s"), TimeElapsedColumn(),
+                    disable=disable)
