@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,48 @@ def sha256(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------ self-describing artifacts
+# Every exported model carries this record: in an ONNX file as the metadata_props entry
+# METADATA_KEY (a JSON string), in a TensorRT plan's sidecar (model.plan.json) under "model". A
+# Predictor needs nothing else to turn raw images and text into the model's inputs.
+
+METADATA_KEY = "toolkit.metadata"
+METADATA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ArtifactMetadata:
+    labels: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    vocab: list[str]  # WordPiece vocabulary, in id order
+    max_length: int
+    precision: str  # fp32 | fp16 | int8
+    source_sha256: str  # SHA-256 of the checkpoint weights the artifact was made from
+    toolkit_version: str
+    model_config: dict = field(default_factory=dict)
+    input_names: list[str] = field(default_factory=lambda: ["image", "input_ids",
+                                                            "attention_mask"])
+    output_names: list[str] = field(default_factory=lambda: ["logits"])
+    extra: dict = field(default_factory=dict)  # stage-specific facts (opset, calibration, ...)
+    metadata_version: int = METADATA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "artifact") -> "ArtifactMetadata":
+        from toolkit.errors import ToolkitError
+
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ToolkitError(f"{source}: metadata is not valid JSON ({e.msg})") from e
+        if data.get("metadata_version") != METADATA_VERSION:
+            raise ToolkitError(f"{source}: metadata version {data.get('metadata_version')} is not "
+                               f"{METADATA_VERSION}; re-export it with this toolkit")
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
