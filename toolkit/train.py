@@ -125,8 +125,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    per_rank = len(train_split) // ddp.world
-    steps_per_epoch = max(1, per_rank // cfg.batch_size)
+    # Batches are whole images with all their questions: the vision tower (most of the cost)
+    # runs once per image, and each image is seen with questions that need different answers.
+    groups = train_split.image_groups()
+    images_per_batch = max(1, round(cfg.batch_size * len(groups) / len(train_split)))
+    steps_per_epoch = max(1, len(groups) // ddp.world // images_per_batch)
     total = steps_per_epoch * cfg.epochs
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
@@ -185,12 +188,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                  rate=0.0)
         while state["step"] < total:
             epoch, offset = divmod(state["step"], steps_per_epoch)
-            perm = np.random.default_rng(cfg.seed + epoch).permutation(len(train_split))
+            perm = np.random.default_rng(cfg.seed + epoch).permutation(len(groups))
             shard = perm[ddp.rank::ddp.world]
             for b in range(offset, steps_per_epoch):
                 net.train()
-                idx = shard[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std), device)
+                chosen = shard[b * images_per_batch:(b + 1) * images_per_batch]
+                idx = np.concatenate([groups[i] for i in chosen])
+                inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std,
+                                                    share_images=True), device)
                 target = torch.from_numpy(train_split.labels[idx]).to(device)
                 with amp:
                     loss = loss_fn(net(**inputs).float(), target)

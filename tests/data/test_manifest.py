@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 from PIL import Image
 
@@ -77,3 +79,16 @@ def test_labels_come_from_the_training_rows_without_dataset_json(folder):
     _jsonl(folder / "train.jsonl", [{"image": "img/0.png", "text": "t", "label": "b"},
                                     {"image": "img/1.png", "text": "t", "label": "a"}])
     assert dataset_labels(folder) == ["a", "b"]
+
+
+def test_shared_image_batches_cover_each_image_once(folder, tok):
+    rows = [{"image": f"img/{i % 3}.png", "text": "is it a cat", "label": "yes"} for i in range(7)]
+    split = load_split(_jsonl(folder / "m.jsonl", rows), ["no", "yes"], tok, 8)
+    groups = split.image_groups()
+    assert sorted(np.concatenate(groups).tolist()) == list(range(7))
+    assert all(len(set(split.image_index[g])) == 1 for g in groups)
+    idx = np.array([5, 0, 3, 1])  # images 2, 0, 0, 1
+    shared = split.batch(idx, tok, (0, 0, 0), (1, 1, 1), share_images=True)
+    plain = split.batch(idx, tok, (0, 0, 0), (1, 1, 1))
+    assert shared["image"].shape[0] == 3
+    assert (shared["image"][shared["image_index"]] == plain["image"]).all()

@@ -98,3 +98,15 @@ def test_grid_with_fewer_stages_is_finer():
     assert m.visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == 64  # 8x8 at stride 8
     coarse = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, stages=4))
     assert DualModalNet(coarse).visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == 4
+
+
+@torch.no_grad()
+def test_shared_images_equal_repeated_images():
+    """Training runs the vision tower once per image; the logits must equal the plain call."""
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    m = DualModalNet(cfg).eval()
+    image, ids, mask = _inputs(cfg, batch=5)
+    uniq = image[:2]
+    index = torch.tensor([0, 1, 1, 0, 1])
+    torch.testing.assert_close(m(uniq, ids, mask, image_index=index), m(uniq[index], ids, mask))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ToolkitError
-from toolkit.data.preprocess import PreprocessError, Tokenizer, load_image, normalize
+from toolkit.data.preprocess import PreprocessError, Tokenizer, load_image, normalize, pad
 
 REQUIRED = ("image", "text", "label")
 
@@ -94,13 +94,27 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, idx: Sequence[int], tokenizer: Tokenizer, mean, std) -> dict[str, np.ndarray]:
-        """Model inputs for rows `idx`: image (B, 3, S, S) float32, ids and mask (B, L) int64."""
-        from toolkit.data.preprocess import pad
+    def batch(self, idx: Sequence[int], tokenizer: Tokenizer, mean, std,
+              share_images: bool = False) -> dict[str, np.ndarray]:
+        """Model inputs for rows `idx`: image (B, 3, S, S) float32, ids and mask (B, L) int64.
 
+        With `share_images`, each distinct image appears once, (K, 3, S, S), and `image_index`
+        (B,) says which image each row asks about: the vision tower then runs once per image.
+        """
         inputs = pad([self.token_ids[i] for i in idx], tokenizer.pad_id)
-        inputs["image"] = normalize(self.images[self.image_index[idx]], mean, std)
+        if share_images:
+            uniq, inverse = np.unique(self.image_index[idx], return_inverse=True)
+            inputs["image"] = normalize(self.images[uniq], mean, std)
+            inputs["image_index"] = inverse.reshape(-1).astype(np.int64)
+        else:
+            inputs["image"] = normalize(self.images[self.image_index[idx]], mean, std)
         return inputs
+
+    def image_groups(self) -> list[np.ndarray]:
+        """Row indices of each image's questions."""
+        order = np.argsort(self.image_index, kind="stable")
+        bounds = np.flatnonzero(np.diff(self.image_index[order])) + 1
+        return np.split(order, bounds)
 
 
 def load_split(path: str | Path, labels: Sequence[str], tokenizer: Tokenizer, image_size: int,

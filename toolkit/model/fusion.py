@@ -1,10 +1,15 @@
 """Fusion of visual tokens (B, N, D) and text tokens (B, L, D) into one vector (B, D).
 
-`cross_attention` (the seed's) stacks bidirectional blocks. Inside a block the words first read the
-image (text -> visual): a colour word's query matches the cells of that colour in one step, which is
-all that non-relational questions need. Then the cells read the words (visual -> text), learning
-where the named object is; a second block lets the words attend again by distance or shape, which
-relational questions (closest to X, how many share X's shape) need.
+`cross_attention` (the seed's) stacks bidirectional blocks around one question query: the text
+tokens are first pooled (masked mean) into a single query (B, 1, D), which then reads the image
+(text -> visual); the visual tokens read the text tokens and that query (visual -> text).
+
+Why the pooled query and not the seed's "attend, then pool": every word attending on its own
+and then being averaged buries the one word that matters (the colour) among a dozen others, and
+the answer never learned which object was meant. One query per question turns finding the named
+object into one learned match between the query and the cells. A second block lets the query,
+now holding the object it found, pick out a second object by its relation to the first (closest,
+furthest) or read how many cells share its shape.
 """
 
 from __future__ import annotations
@@ -56,14 +61,17 @@ class CrossAttention(nn.Module):
 class BidirectionalBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.text_to_visual = CrossAttention(cfg.dim, cfg.heads, cfg.dropout, cfg.fusion_ffn)
         self.visual_to_text = CrossAttention(cfg.dim, cfg.heads, cfg.dropout, cfg.fusion_ffn,
                                              film=cfg.fusion_film)
-        self.text_to_visual = CrossAttention(cfg.dim, cfg.heads, cfg.dropout, cfg.fusion_ffn)
 
-    def forward(self, v: torch.Tensor, t: torch.Tensor, text_pad: torch.Tensor):
-        t = self.text_to_visual(t, v)  # (B, L, D): words read the cells
-        v = self.visual_to_text(v, t, text_pad)  # (B, N, D): cells read the informed words
-        return v, t
+    def forward(self, q: torch.Tensor, v: torch.Tensor, t: torch.Tensor, text_pad: torch.Tensor):
+        # q: (B, 1, D) the question query; v: (B, N, D) cells; t: (B, L, D) words
+        q = self.text_to_visual(q, v)  # (B, 1, D): the question reads the image
+        ctx = torch.cat([q, t], dim=1)  # (B, 1 + L, D)
+        pad = torch.cat([torch.zeros_like(text_pad[:, :1]), text_pad], dim=1)  # (B, 1 + L)
+        v = self.visual_to_text(v, ctx, pad)  # (B, N, D): cells read the question and its find
+        return q, v
 
 
 class FusionModule(nn.Module):
@@ -81,11 +89,12 @@ class FusionModule(nn.Module):
 
     def forward(self, v: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # v: (B, N, D) visual tokens; t: (B, L, D) text tokens; mask: (B, L), 1 = real token
+        q = masked_mean(t, mask).unsqueeze(1)  # (B, 1, D)
         if self.kind is Fusion.cross_attention:
             text_pad = mask == 0  # (B, L) True where padding: masked out as keys
             for block in self.blocks:
-                v, t = block(v, t, text_pad)
-        pooled_t = masked_mean(t, mask)  # (B, D)
+                q, v = block(q, v, t, text_pad)
+        pooled_t = q.squeeze(1)  # (B, D)
         pooled_v = v.mean(1)  # (B, D)
         if self.kind is Fusion.elementwise:
             return self.out(pooled_v * pooled_t)  # (B, D)

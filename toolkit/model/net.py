@@ -62,9 +62,12 @@ class DualModalNet(nn.Module):
         tokens = self.visual_proj(fmap.flatten(2).transpose(1, 2))  # (B, h*w, D)
         return tokens + self.position(h, w, tokens)  # (B, h*w, D)
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
         v = self.visual_tokens(image)  # (B, N, D)
+        if image_index is not None:
+            # Training shares one image among its questions: (K, N, D) -> (B, N, D).
+            v = v[image_index]
         t = self.text_proj(self.text(input_ids, attention_mask))  # (B, L, D)
         fused = self.fusion(v, t, attention_mask)  # (B, D)
         return self.head(fused)  # (B, num_classes)
