@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, atomic_path, sha256, write_json
+from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, atomic_path
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import device_info
-from toolkit.runtime.trt_plan import (SIDECAR_FORMAT, SIDECAR_VERSION, PlanError, ProfileConfig,
-                                      check_compatibility, check_plan_file, import_tensorrt,
-                                      profile_shapes, read_sidecar, sidecar_path, trt_major)
+from toolkit.runtime.trt_plan import (ProfileConfig, check_compatibility, check_plan_file,
+                                      import_tensorrt, profile_shapes, read_sidecar, trt_major,
+                                      write_sidecar)
 
 __all__ = ["BuildConfig", "EngineBuildError", "HardwareCompat", "ProfileConfig", "build_engine",
            "check_compatibility", "inspect_engine", "layer_precisions"]
@@ -206,30 +206,15 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
             with open(tmp, "wb") as f:
                 f.write(cache.serialize())
 
-    sidecar = {
-        "format": SIDECAR_FORMAT,
-        "sidecar_version": SIDECAR_VERSION,
-        "plan": out.name,
-        "plan_bytes": out.stat().st_size,
-        "plan_sha256": sha256(out),
-        "source_onnx": str(cfg.onnx),
-        "source_onnx_sha256": sha256(cfg.onnx),
-        "tensorrt_version": trt.__version__,
-        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
-        "precision": meta.precision,
-        "build": {"workspace_mb": cfg.workspace_mb, "opt_level": cfg.opt_level,
-                  "version_compatible": cfg.version_compatible,
-                  "hardware_compat": cfg.hardware_compat.value, "dla_core": cfg.dla_core,
-                  "strongly_typed": True, "timing_cache": str(cache_path) if cache_path else None,
-                  "timing_cache_reused": cache_reused},
-        "profiles": [shapes],
-        "inputs": [_io(trt, tensor) for tensor in inputs],
-        "outputs": [_io(trt, tensor) for tensor in outputs],
-        "model": json.loads(meta.to_json()),
-    }
-    # Written after the plan: a crash in between leaves a sidecar whose size and SHA-256 no
-    # longer match, which the runner refuses (check_plan_file) instead of running a wrong plan.
-    write_json(sidecar_path(out), sidecar)
+    build = {"workspace_mb": cfg.workspace_mb, "opt_level": cfg.opt_level,
+             "version_compatible": cfg.version_compatible,
+             "hardware_compat": cfg.hardware_compat.value, "dla_core": cfg.dla_core,
+             "strongly_typed": True, "timing_cache": str(cache_path) if cache_path else None,
+             "timing_cache_reused": cache_reused}
+    write_sidecar(out, source_onnx=cfg.onnx, tensorrt_version=trt.__version__, gpu=gpu,
+                  metadata=meta, build=build, profiles=[shapes],
+                  inputs=[_io(trt, tensor) for tensor in inputs],
+                  outputs=[_io(trt, tensor) for tensor in outputs])
     return out
 
 

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolkit.artifacts import sha256
+from toolkit.artifacts import ArtifactMetadata, sha256, write_json
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import GPU_HINT, INSTALL_HINT, GpuInfo
 
@@ -152,6 +152,36 @@ def check_shapes(profile: dict[str, dict[str, list[int]]], shapes: dict[str, tup
 def sidecar_path(plan: str | os.PathLike) -> Path:
     plan = Path(plan)
     return plan.with_name(plan.name + ".json")
+
+
+def write_sidecar(plan: str | os.PathLike, *, source_onnx: str | os.PathLike,
+                  tensorrt_version: str, gpu: GpuInfo, metadata: ArtifactMetadata, build: dict,
+                  profiles: list[dict], inputs: list[dict], outputs: list[dict]) -> dict:
+    """Describe a written plan in plan + ".json" (atomically); returns the record.
+
+    Write it after the plan: a crash in between leaves a sidecar whose size and SHA-256 no longer
+    match the plan, which check_plan_file refuses instead of running a wrong plan.
+    """
+    plan = Path(plan)
+    record = {
+        "format": SIDECAR_FORMAT,
+        "sidecar_version": SIDECAR_VERSION,
+        "plan": plan.name,
+        "plan_bytes": plan.stat().st_size,
+        "plan_sha256": sha256(plan),
+        "source_onnx": str(source_onnx),
+        "source_onnx_sha256": sha256(source_onnx),
+        "tensorrt_version": str(tensorrt_version),
+        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+        "precision": metadata.precision,  # from the graph; TensorRT adds none of its own
+        "build": dict(build),
+        "profiles": list(profiles),
+        "inputs": list(inputs),  # [{"name", "dtype" (numpy's name), "shape" (-1 = dynamic)}]
+        "outputs": list(outputs),
+        "model": json.loads(metadata.to_json()),  # the same record the ONNX file carries
+    }
+    write_json(sidecar_path(plan), record)
+    return record
 
 
 def read_sidecar(plan: str | os.PathLike) -> dict:
