@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, atomic_path
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import device_info
 from toolkit.runtime.trt_plan import (ProfileConfig, check_compatibility, check_plan_file,
-                                      import_tensorrt, profile_shapes, read_sidecar, trt_major,
+                                      import_tensorrt, profile_ranges, profile_shapes,
+                                      read_sidecar, trt_major,
                                       write_sidecar)
 
 __all__ = ["BuildConfig", "EngineBuildError", "HardwareCompat", "ProfileConfig", "build_engine",
@@ -145,6 +147,7 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
     """Parse the ONNX model, build a plan for this GPU, write it and its sidecar atomically."""
     _validate(cfg)
     meta = read_onnx_metadata(cfg.onnx)
+    profile_ranges(cfg.profile, meta.max_length)  # a bad range fails here, before TensorRT
     trt = import_tensorrt()
     gpu = device_info()  # a clear error without a GPU, before TensorRT tries
 
@@ -221,6 +224,10 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
 # ------------------------------------------------------------------ inspect
 
 
+_DTYPE_WORD = re.compile(r"\b(FP32|FP16|BF16|FP8|FP4|U?INT(4|8|32|64)|BOOL|FLOAT|HALF)\b",
+                         re.IGNORECASE)
+
+
 def layer_precisions(info: dict) -> list[dict]:
     """Name, type and output precision of each layer from the inspector's JSON.
 
@@ -238,7 +245,9 @@ def layer_precisions(info: dict) -> list[dict]:
         for out in layer.get("Outputs", []):
             dtype = out.get("DataType") or out.get("Datatype")
             if dtype is None and "Format/Datatype" in out:
-                dtype = str(out["Format/Datatype"]).split()[-1]
+                # e.g. "Row major linear FP32", "Channel major FP16 format where channel % 8 == 0"
+                found = _DTYPE_WORD.search(str(out["Format/Datatype"]))
+                dtype = found.group(0) if found else str(out["Format/Datatype"])
             if dtype and dtype not in types:
                 types.append(str(dtype))
         rows.append({"name": layer.get("Name", "?"), "type": layer.get("LayerType", "?"),

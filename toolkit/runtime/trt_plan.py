@@ -91,6 +91,16 @@ def _range(kind: str, lo: int, opt: int | None, hi: int) -> tuple[int, int, int]
     return lo, opt, hi
 
 
+def profile_ranges(cfg: ProfileConfig, max_length: int) -> tuple[tuple, tuple]:
+    """(min, opt, max) of the batch and of the sequence; a ToolkitError for a bad range."""
+    max_seq = max_length if cfg.max_seq is None else cfg.max_seq
+    if max_seq > max_length:
+        raise ToolkitError(f"--max-seq {max_seq} exceeds the model's max_length {max_length} "
+                           f"(its position embeddings end there)")
+    return (_range("batch", cfg.min_batch, cfg.opt_batch, cfg.max_batch),
+            _range("seq", cfg.min_seq, cfg.opt_seq, max_seq))
+
+
 def profile_shapes(inputs: dict[str, tuple], cfg: ProfileConfig, image_size: int,
                    max_length: int) -> dict[str, dict[str, list[int]]]:
     """min/opt/max shape of every network input, from its ONNX dims (-1 = dynamic).
@@ -99,12 +109,7 @@ def profile_shapes(inputs: dict[str, tuple], cfg: ProfileConfig, image_size: int
     dynamic spatial axes of a rank-4 input (the image) take the model's image_size. Fixed axes
     stay as the graph has them.
     """
-    max_seq = max_length if cfg.max_seq is None else cfg.max_seq
-    if max_seq > max_length:
-        raise ToolkitError(f"--max-seq {max_seq} exceeds the model's max_length {max_length} "
-                           f"(its position embeddings end there)")
-    batch = _range("batch", cfg.min_batch, cfg.opt_batch, cfg.max_batch)
-    seq = _range("seq", cfg.min_seq, cfg.opt_seq, max_seq)
+    batch, seq = profile_ranges(cfg, max_length)
     out = {}
     for name, dims in inputs.items():
         shapes = {"min": [], "opt": [], "max": []}
