@@ -51,6 +51,10 @@ class FakeCudart:
                                       major=self.cc[0], minor=self.cc[1])
         return self._ok(props)
 
+    def cudaSetDevice(self, device):
+        self.calls.append(f"cudaSetDevice({device})")
+        return self._ok()
+
     def _alloc(self, kind, n):
         self.calls.append(f"{kind}({n})")
         buf = (ctypes.c_byte * n)()
@@ -125,7 +129,7 @@ def make_fake_trt(version: str = "10.3.0", num_classes: int = 3, io_float=np.flo
         WARNING, VERBOSE = 2, 4
 
         def __init__(self, severity):
-            self.severity = severity
+            self.min_severity = severity
 
     dtypes = {"image": {np.float32: DataType.FLOAT, np.float16: DataType.HALF}[io_float],
               "input_ids": DataType.INT64, "attention_mask": DataType.INT64,

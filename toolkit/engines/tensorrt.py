@@ -29,8 +29,7 @@ from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import device_info
 from toolkit.runtime.trt_plan import (ProfileConfig, check_compatibility, check_plan_file,
                                       import_tensorrt, profile_ranges, profile_shapes,
-                                      read_sidecar, trt_major,
-                                      write_sidecar)
+                                      read_sidecar, trt_logger, trt_major, write_sidecar)
 
 __all__ = ["BuildConfig", "EngineBuildError", "HardwareCompat", "ProfileConfig", "build_engine",
            "check_compatibility", "inspect_engine", "layer_precisions"]
@@ -151,7 +150,7 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
     trt = import_tensorrt()
     gpu = device_info()  # a clear error without a GPU, before TensorRT tries
 
-    logger = trt.Logger(trt.Logger.VERBOSE if cfg.verbose else trt.Logger.WARNING)
+    logger = trt_logger(cfg.verbose)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)

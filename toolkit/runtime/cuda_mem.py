@@ -114,6 +114,11 @@ def device_info(device: int = 0) -> GpuInfo:
     return GpuInfo(name=name, compute_capability=f"{props.major}.{props.minor}")
 
 
+def use_device(device: int) -> None:
+    """Make `device` current for this thread: later allocations and streams land on it."""
+    _check(cudart().cudaSetDevice(device), "cudaSetDevice")
+
+
 class Stream:
     """A non-default CUDA stream (TensorRT warns that the default stream adds synchronizations)."""
 

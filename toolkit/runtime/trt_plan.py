@@ -68,6 +68,20 @@ def trt_major() -> int:
     return version_tuple(import_tensorrt().__version__)[0]
 
 
+_LOGGERS: dict = {}  # one trt.Logger per tensorrt module: TensorRT keeps the first it is given
+
+
+def trt_logger(verbose: bool = False):
+    """The shared TensorRT logger (TensorRT warns when builders and runtimes get different ones),
+    at WARNING, or VERBOSE for --trt-verbose."""
+    trt = import_tensorrt()
+    logger = _LOGGERS.get(id(trt))
+    if logger is None:
+        logger = _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+    logger.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
+    return logger
+
+
 # ------------------------------------------------------------------ optimization profiles
 
 

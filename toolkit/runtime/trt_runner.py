@@ -24,14 +24,13 @@ from toolkit.runtime import cuda_mem
 from toolkit.runtime.base import Runner, RunnerError, TensorSpec
 from toolkit.runtime.trt_plan import (PlanError, ShapeOutsideProfile, check_compatibility,
                                       check_plan_file, check_shapes, import_tensorrt,
-                                      read_sidecar)
+                                      read_sidecar, trt_logger)
 
 
 def load_engine(plan: str | os.PathLike, sidecar: dict):
     """Deserialize a plan already checked against its sidecar and this machine."""
     trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    runtime = trt.Runtime(logger)
+    runtime = trt.Runtime(trt_logger())
     if sidecar.get("build", {}).get("version_compatible"):
         # A version-compatible plan embeds the lean runtime, host code TensorRT runs only when
         # allowed (docs: engine-compatibility.html, "Version Compatibility").
@@ -65,6 +64,7 @@ class TensorRTRunner(Runner):
         check_plan_file(self.plan, self.sidecar)
         trt = import_tensorrt()
         gpu = cuda_mem.device_info(self.device)
+        cuda_mem.use_device(self.device)
         mismatch = check_compatibility(self.sidecar, trt.__version__, gpu)
         if mismatch is not None:
             raise mismatch
