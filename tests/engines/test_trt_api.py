@@ -263,3 +263,37 @@ def test_checker_catches_a_dropped_guard_in_the_real_builder():
     mutated = source.replace(guard, "        if False:\n", 1)
     problems = check_source(mutated, VERSIONS)
     assert any("SAME_COMPUTE_CAPABILITY" in p and "10.3" in p for p in problems)
+
+
+def test_name_lists_say_where_they_come_from():
+    for version, wheel in [("10.3", "tensorrt_cu12_bindings-10.3.0-"),
+                           ("11.4", "tensorrt_cu13_bindings-11.4.0.106-")]:
+        head = (HERE / f"trt_api_{version}.txt").read_text().splitlines()[:2]
+        assert wheel in head[0] and head[1].startswith(f"# version: {version}.")
+
+
+def test_extractor_finds_the_nvidia_entry_points(tmp_path):
+    """scripts/extract_trt_api.py stubs exactly the undefined, unversioned, non-Python symbols of
+    the libnv* libraries a module needs; checked on a small library built here."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    if not all(shutil.which(t) for t in ("gcc", "nm", "readelf")):
+        pytest.skip("needs gcc, nm and readelf (binutils)")
+    spec = importlib.util.spec_from_file_location("extract_trt_api",
+                                                  ROOT / "scripts" / "extract_trt_api.py")
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    (tmp_path / "dep.c").write_text("int createThing_INTERNAL(void) { return 1; }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "libnvthing.so.10"),
+                    str(tmp_path / "dep.c")], check=True)
+    (tmp_path / "mod.c").write_text(
+        "#include <string.h>\n"
+        "int createThing_INTERNAL(void); void *PyList_New(long);\n"
+        "int use(const char *s) { return createThing_INTERNAL() + (int) strlen(s)"
+        " + (PyList_New(0) != 0); }\n")
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tmp_path / "mod.so"),
+                    str(tmp_path / "mod.c"), f"-L{tmp_path}", "-l:libnvthing.so.10"], check=True)
+    assert ex.nvidia_symbols(tmp_path / "mod.so") == ["createThing_INTERNAL"]
+    assert ex.nvidia_libraries(tmp_path / "mod.so") == ["libnvthing.so.10"]
