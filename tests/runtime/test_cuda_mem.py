@@ -132,3 +132,26 @@ def test_real_gpu_round_trip_reuse_and_bandwidth():
         for b in (host, dev, back):
             b.free()
         stream.free()
+
+
+def test_real_bindings_accept_our_arguments_up_to_the_driver():
+    """On a machine with cuda-python but no GPU/driver (CI), every call we make reaches the
+    driver check: argument types and result tuples are the real bindings' (no TypeError)."""
+    try:
+        rt = cuda_mem.cudart()
+    except CudaUnavailable as e:
+        pytest.skip(str(e))
+    if rt.cudaGetDeviceCount()[0] == rt.cudaError_t.cudaSuccess:
+        pytest.skip("a GPU is present: the `gpu` test covers the real calls")
+    for call in (lambda: cuda_mem.Stream(), lambda: DeviceBuffer().reserve(1024),
+                 lambda: PinnedBuffer().reserve(1024), lambda: cuda_mem.use_device(0),
+                 lambda: cuda_mem.device_info()):
+        with pytest.raises(CudaUnavailable, match="NVIDIA GPU"):
+            call()
+    stream = cuda_mem.Stream.__new__(cuda_mem.Stream)
+    stream._stream = rt.cudaStream_t(0)
+    dev, host = DeviceBuffer(), PinnedBuffer()
+    with pytest.raises(CudaUnavailable, match="cudaMemcpyAsync"):
+        cuda_mem.copy_to_device(dev, host, 0, stream)
+    with pytest.raises(CudaUnavailable, match="cudaStreamSynchronize"):
+        stream.synchronize()
