@@ -155,3 +155,33 @@ def test_real_bindings_accept_our_arguments_up_to_the_driver():
         cuda_mem.copy_to_device(dev, host, 0, stream)
     with pytest.raises(CudaUnavailable, match="cudaStreamSynchronize"):
         stream.synchronize()
+
+
+def test_every_cudart_name_used_exists_in_the_installed_bindings():
+    """The CUDA runtime names cuda_mem.py uses (`rt.<name>` / `cudart().<name>`) exist
+    in the cuda-python installed here; their call signatures are checked just above."""
+    import ast
+    from pathlib import Path
+
+    try:
+        rt = cuda_mem.cudart()
+    except CudaUnavailable as e:
+        pytest.skip(str(e))
+    tree = ast.parse(Path(cuda_mem.__file__).read_text())
+    chains = set()
+    inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in inner:
+            parts = []
+            while isinstance(node, ast.Attribute):
+                parts.append(node.attr)
+                node = node.value
+            if (isinstance(node, ast.Name) and node.id == "rt") or (
+                    isinstance(node, ast.Call) and getattr(node.func, "id", None) == "cudart"):
+                chains.add(tuple(reversed(parts)))
+    assert len(chains) > 15  # the walker found the calls
+    for chain in sorted(chains):
+        obj = rt
+        for part in chain:
+            assert hasattr(obj, part), ".".join(chain)
+            obj = getattr(obj, part)

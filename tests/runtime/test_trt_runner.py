@@ -209,3 +209,45 @@ def test_without_a_gpu_the_error_says_so(tmp_path, monkeypatch):
 def test_infer_before_activate_is_a_clear_error(tmp_path):
     with pytest.raises(RunnerError, match="not active"):
         TensorRTRunner(tmp_path / "x.plan").infer({})
+
+
+@pytest.fixture
+def graph_fakes(monkeypatch):
+    rt = FakeCudart()
+    trt = make_fake_trt("10.3.0", cudart=rt)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(cuda_mem, "cudart", lambda: rt)
+    return trt, rt
+
+
+def test_cuda_graph_is_captured_once_per_shape_and_replayed(tmp_path, graph_fakes):
+    _, rt = graph_fakes
+    plan = write_fake_plan(tmp_path)
+    with TensorRTRunner(plan, cuda_graph=True) as runner:
+        for seed in range(3):  # same shapes, new data each time
+            f = feed(batch=2, seq=5, seed=seed)
+            np.testing.assert_allclose(runner.infer(f)["logits"], expected(f), rtol=1e-6)
+        assert rt.calls.count("cudaStreamBeginCapture") == 1
+        assert rt.calls.count("cudaGraphLaunch") == 2
+        f = feed(batch=3, seq=6, seed=9)  # new shapes: recaptured, old graph freed
+        np.testing.assert_allclose(runner.infer(f)["logits"], expected(f), rtol=1e-6)
+        assert rt.calls.count("cudaStreamBeginCapture") == 2
+        assert rt.calls.count("cudaGraphExecDestroy") == 1
+        f = feed(batch=3, seq=6, seed=10)
+        np.testing.assert_allclose(runner.infer(f)["logits"], expected(f), rtol=1e-6)
+        assert rt.calls.count("cudaGraphLaunch") == 3
+    assert rt.calls.count("cudaGraphExecDestroy") == 2  # freed on deactivate
+
+
+def test_cuda_graph_capture_failure_falls_back(tmp_path, graph_fakes):
+    _, rt = graph_fakes
+    rt.fail_capture = True
+    plan = write_fake_plan(tmp_path)
+    with TensorRTRunner(plan, cuda_graph=True) as runner:
+        with pytest.warns(UserWarning, match="CUDA graph capture failed"):
+            f = feed(seed=1)
+            np.testing.assert_allclose(runner.infer(f)["logits"], expected(f), rtol=1e-6)
+        assert runner.cuda_graph is False
+        f = feed(seed=2)
+        np.testing.assert_allclose(runner.infer(f)["logits"], expected(f), rtol=1e-6)
+    assert "cudaGraphLaunch" not in rt.calls

@@ -51,6 +51,43 @@ class FakeCudart:
                                       major=self.cc[0], minor=self.cc[1])
         return self._ok(props)
 
+    class cudaStreamCaptureMode(enum.IntEnum):
+        cudaStreamCaptureModeGlobal = 0
+        cudaStreamCaptureModeThreadLocal = 1
+
+    # CUDA graphs: while capturing, work is recorded (FakeContext defers to `captured`), and a
+    # launch replays it, as a real graph replays kernels on the captured addresses.
+    capturing = False
+    fail_capture = False
+
+    def cudaStreamBeginCapture(self, stream, mode):
+        self.calls.append("cudaStreamBeginCapture")
+        self.capturing, self.captured = True, []
+        return self._ok()
+
+    def cudaStreamEndCapture(self, stream):
+        self.calls.append("cudaStreamEndCapture")
+        self.capturing = False
+        if self.fail_capture:
+            return (self.cudaError_t.cudaErrorMemoryAllocation, None)
+        return self._ok(list(self.captured))
+
+    def cudaGraphInstantiate(self, graph, flags):
+        return self._ok(("exec", graph))
+
+    def cudaGraphDestroy(self, graph):
+        return self._ok()
+
+    def cudaGraphLaunch(self, exec_handle, stream):
+        self.calls.append("cudaGraphLaunch")
+        for work in exec_handle[1]:
+            work()
+        return self._ok()
+
+    def cudaGraphExecDestroy(self, exec_handle):
+        self.calls.append("cudaGraphExecDestroy")
+        return self._ok()
+
     def cudaSetDevice(self, device):
         self.calls.append(f"cudaSetDevice({device})")
         return self._ok()
@@ -104,7 +141,8 @@ def read(ptr: int, shape, dtype) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, count=n).view(dtype).reshape(shape).copy()
 
 
-def make_fake_trt(version: str = "10.3.0", num_classes: int = 3, io_float=np.float32):
+def make_fake_trt(version: str = "10.3.0", num_classes: int = 3, io_float=np.float32,
+                  cudart: FakeCudart | None = None):
     """A `tensorrt` module whose engine computes logits[b, k] = k + sum(image[b]) +
     sum(input_ids[b] * attention_mask[b]) from whatever the runner put at the tensor addresses."""
     trt = types.ModuleType("tensorrt")
@@ -156,13 +194,21 @@ def make_fake_trt(version: str = "10.3.0", num_classes: int = 3, io_float=np.flo
         def execute_async_v3(self, stream_handle):
             assert isinstance(stream_handle, int)
             self.log.append(("execute_async_v3",))
-            img = read(self.addresses["image"], self.shapes["image"], dtypes["image"].value)
-            ids = read(self.addresses["input_ids"], self.shapes["input_ids"], np.int64)
-            mask = read(self.addresses["attention_mask"], self.shapes["attention_mask"], np.int64)
+            if cudart is not None and cudart.capturing:
+                addresses, shapes = dict(self.addresses), dict(self.shapes)
+                cudart.captured.append(lambda: self._compute(addresses, shapes))
+            else:
+                self._compute(self.addresses, self.shapes)
+            return True
+
+        def _compute(self, addresses, shapes):
+            self.computed = getattr(self, "computed", 0) + 1
+            img = read(addresses["image"], shapes["image"], dtypes["image"].value)
+            ids = read(addresses["input_ids"], shapes["input_ids"], np.int64)
+            mask = read(addresses["attention_mask"], shapes["attention_mask"], np.int64)
             base = img.reshape(len(img), -1).astype(np.float32).sum(1) + (ids * mask).sum(1)
             out = base[:, None] + np.arange(num_classes, dtype=np.float32)[None]
-            ctypes.memmove(self.addresses["logits"], out.astype(np.float32).tobytes(), out.nbytes)
-            return True
+            ctypes.memmove(addresses["logits"], out.astype(np.float32).tobytes(), out.nbytes)
 
     class Engine:
         names = ["image", "input_ids", "attention_mask", "logits"]

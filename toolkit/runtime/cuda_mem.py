@@ -189,6 +189,42 @@ class PinnedBuffer:
         self.ptr, self.capacity = 0, 0
 
 
+class CudaGraph:
+    """One captured stream launch, replayed with cudaGraphLaunch (less CPU launch overhead).
+
+    Valid only for the shapes and buffer addresses it was captured with; the caller keeps track.
+    """
+
+    def __init__(self, exec_handle) -> None:
+        self._exec = exec_handle
+
+    @classmethod
+    def capture(cls, stream: Stream, enqueue) -> "CudaGraph":
+        """Record what `enqueue()` puts on `stream` (nothing runs) and instantiate it."""
+        rt = cudart()
+        _check(rt.cudaStreamBeginCapture(
+            stream._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            "cudaStreamBeginCapture")
+        try:
+            enqueue()
+        except BaseException:
+            rt.cudaStreamEndCapture(stream._stream)  # leave the stream usable; report the cause
+            raise
+        graph = _check(rt.cudaStreamEndCapture(stream._stream), "cudaStreamEndCapture")
+        try:
+            return cls(_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
+        finally:
+            _check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")
+
+    def launch(self, stream: Stream) -> None:
+        _check(cudart().cudaGraphLaunch(self._exec, stream._stream), "cudaGraphLaunch")
+
+    def free(self) -> None:
+        if self._exec is not None:
+            _check(cudart().cudaGraphExecDestroy(self._exec), "cudaGraphExecDestroy")
+            self._exec = None
+
+
 def copy_to_device(dst: DeviceBuffer, src: PinnedBuffer, size: int, stream: Stream) -> None:
     rt = cudart()
     _check(rt.cudaMemcpyAsync(dst.ptr, src.ptr, size, rt.cudaMemcpyKind.cudaMemcpyHostToDevice,
