@@ -251,3 +251,18 @@ def test_cuda_graph_capture_failure_falls_back(tmp_path, graph_fakes):
         f = feed(seed=2)
         np.testing.assert_allclose(runner.infer(f)["logits"], expected(f), rtol=1e-6)
     assert "cudaGraphLaunch" not in rt.calls
+
+
+def test_a_sidecar_describing_other_inputs_is_refused_and_nothing_leaks(tmp_path, fakes):
+    import json
+
+    _, rt = fakes
+    plan = write_fake_plan(tmp_path)
+    side = plan.with_name("model.plan.json")
+    data = json.loads(side.read_text())
+    data["profiles"][0]["pixel_values"] = data["profiles"][0].pop("image")
+    side.write_text(json.dumps(data))
+    runner = TensorRTRunner(plan)
+    with pytest.raises(PlanError, match="are not the sidecar's"):
+        runner.activate()
+    assert not runner.is_active and rt.streams == 0 and rt.live == {}

@@ -186,9 +186,9 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
     cache_path = Path(cfg.timing_cache) if cfg.timing_cache else None
     cache_reused = bool(cache_path and cache_path.is_file())
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_reused else b"")
-    if not config.set_timing_cache(cache, False):
-        # Recorded on another device: start a fresh cache rather than fail the build.
-        log(f"timing cache {cache_path} does not match this GPU; starting a new one")
+    if cache is None or not config.set_timing_cache(cache, False):
+        # Unreadable, or recorded on another device: start afresh rather than fail the build.
+        log(f"timing cache {cache_path} is unreadable or from another GPU; starting a new one")
         cache = config.create_timing_cache(b"")
         config.set_timing_cache(cache, False)
         cache_reused = False
@@ -197,7 +197,7 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineBuildError(f"TensorRT {trt.__version__} could not build an engine from "
-                               f"{cfg.onnx}; rerun with --verbose to see TensorRT's log")
+                               f"{cfg.onnx}; rerun with --trt-verbose to see TensorRT's log")
 
     out = Path(cfg.out)
     with atomic_path(out) as tmp:

@@ -66,6 +66,13 @@ class TensorRTRunner(Runner):
         return self.sidecar["profiles"][0]
 
     def _activate(self) -> None:
+        try:
+            self._load()
+        except BaseException:
+            self._deactivate()  # free what was allocated before the failure
+            raise
+
+    def _load(self) -> None:
         self.sidecar = read_sidecar(self.plan)
         check_plan_file(self.plan, self.sidecar)
         trt = import_tensorrt()
@@ -95,6 +102,9 @@ class TensorRTRunner(Runner):
                 self._specs[tensor_name] = TensorSpec(tensor_name, dtype, shape)
             else:
                 self._outputs[tensor_name] = dtype
+        if set(self._specs) != set(self.shape_profile):
+            raise PlanError(f"{self.plan}: the engine's inputs {sorted(self._specs)} are not the "
+                            f"sidecar's {sorted(self.shape_profile)}; rebuild with toolkit build")
         self._allocate_limits()
 
     def _allocate_limits(self) -> None:
