@@ -272,9 +272,10 @@ def inspect_engine(path: str | os.PathLike) -> dict:
 
     from toolkit.runtime.trt_runner import load_engine
 
-    engine = load_engine(path, sidecar)
+    runtime, engine = load_engine(path, sidecar)
     inspector = engine.create_engine_inspector()
     info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    del inspector, engine, runtime  # child objects first, the order TensorRT frees them in
     return {"sidecar": sidecar, "layers": layer_precisions(info), "note": None}
 
 

@@ -29,7 +29,10 @@ from toolkit.runtime.trt_plan import (PlanError, ShapeOutsideProfile, check_comp
 
 
 def load_engine(plan: str | os.PathLike, sidecar: dict):
-    """Deserialize a plan already checked against its sidecar and this machine."""
+    """Deserialize a plan already checked against its sidecar and this machine.
+
+    Returns (runtime, engine): keep the runtime alive as long as the engine (TensorRT requires
+    engines to be destroyed before the runtime that made them)."""
     trt = import_tensorrt()
     runtime = trt.Runtime(trt_logger())
     if sidecar.get("build", {}).get("version_compatible"):
@@ -40,7 +43,7 @@ def load_engine(plan: str | os.PathLike, sidecar: dict):
     if engine is None:
         raise PlanError(f"TensorRT {trt.__version__} could not deserialize {plan} although its "
                         f"sidecar matches; rebuild it with toolkit build")
-    return engine
+    return runtime, engine
 
 
 class TensorRTRunner(Runner):
@@ -55,7 +58,7 @@ class TensorRTRunner(Runner):
         self._graph: cuda_mem.CudaGraph | None = None
         self._graph_key = None
         self.sidecar = None
-        self.engine = self.context = self.stream = None
+        self.runtime = self.engine = self.context = self.stream = None
         self._specs: dict[str, TensorSpec] = {}
         self._outputs: dict[str, np.dtype] = {}
         self._device_buffers: dict[str, cuda_mem.DeviceBuffer] = {}
@@ -81,7 +84,7 @@ class TensorRTRunner(Runner):
         mismatch = check_compatibility(self.sidecar, trt.__version__, gpu)
         if mismatch is not None:
             raise mismatch
-        self.engine = load_engine(self.plan, self.sidecar)
+        self.runtime, self.engine = load_engine(self.plan, self.sidecar)
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise PlanError(f"TensorRT could not create an execution context for {self.plan} "
@@ -137,7 +140,10 @@ class TensorRTRunner(Runner):
         self._device_buffers, self._host_buffers = {}, {}
         if self.stream is not None:
             self.stream.free()
-        self.context = self.engine = self.stream = None
+        # Context before engine before runtime, the order TensorRT destroys them in.
+        self.context = None
+        self.engine = None
+        self.runtime = self.stream = None
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream.handle):
