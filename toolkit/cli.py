@@ -147,6 +147,72 @@ def eval_(
         write_json(json_out, report)
 
 
+# ---- TensorRT build and inspect (issue 4)
+
+
+class HardwareCompatOption(str, Enum):
+    none = "none"
+    ampere_plus = "ampere_plus"
+    same_compute_capability = "same_compute_capability"
+
+
+@app.command()
+@friendly
+def build(
+    onnx: Path = typer.Option(..., help="An ONNX model from toolkit export (precision is in it)."),
+    out: Path = typer.Option(Path("engines/model.plan"), help="The plan; its sidecar is OUT.json."),
+    min_batch: int = typer.Option(1, min=1, help="Profile: smallest batch."),
+    opt_batch: Optional[int] = typer.Option(None, min=1, help="Profile: tuned batch [max]."),
+    max_batch: int = typer.Option(32, min=1, help="Profile: largest batch."),
+    min_seq: int = typer.Option(1, min=1, help="Profile: shortest token sequence."),
+    opt_seq: Optional[int] = typer.Option(None, min=1, help="Profile: tuned length [max]."),
+    max_seq: Optional[int] = typer.Option(None, min=1,
+                                          help="Profile: longest sequence [the model's]."),
+    workspace_mb: Optional[int] = typer.Option(None, min=1, help="Builder workspace limit."),
+    opt_level: int = typer.Option(3, min=0, max=5, help="Builder optimization level."),
+    timing_cache: Optional[Path] = typer.Option(None, help="Timing cache reused across builds."),
+    version_compatible: bool = typer.Option(False, "--version-compatible",
+                                            help="Runnable by later TensorRT releases."),
+    hardware_compat: HardwareCompatOption = typer.Option(HardwareCompatOption.none,
+                                                         help="Which GPUs may run the plan."),
+    dla_core: Optional[int] = typer.Option(None, min=0,
+                                           help="Build for this DLA core (TensorRT 10, Jetson)."),
+    trt_verbose: bool = typer.Option(False, "--trt-verbose", help="TensorRT's verbose log."),
+) -> None:
+    """Build a TensorRT engine (strongly typed) for this GPU from an exported ONNX model."""
+    from toolkit.engines.tensorrt import BuildConfig, HardwareCompat, ProfileConfig, build_engine
+
+    cfg = BuildConfig(
+        onnx=str(onnx), out=str(out),
+        profile=ProfileConfig(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                              min_seq=min_seq, opt_seq=opt_seq, max_seq=max_seq),
+        workspace_mb=workspace_mb, opt_level=opt_level,
+        timing_cache=str(timing_cache) if timing_cache else None,
+        version_compatible=version_compatible,
+        hardware_compat=HardwareCompat(hardware_compat.value), dla_core=dla_core,
+        verbose=trt_verbose)
+    path = build_engine(cfg, log=console.print)
+    console.print(f"wrote {path} and {path.name}.json")
+
+
+@app.command()
+@friendly
+def inspect(
+    plan: Path = typer.Argument(..., help="A plan written by toolkit build."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+) -> None:
+    """Show what a plan was built from and for; with TensorRT, each layer's precision."""
+    import json
+
+    from toolkit.engines.tensorrt import format_inspection, inspect_engine
+
+    result = inspect_engine(plan)
+    if json_out:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(format_inspection(result), highlight=False, markup=False)
+
+
 def main() -> None:
     app()
 

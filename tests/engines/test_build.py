@@ -1,0 +1,230 @@
+"""The builder around its TensorRT calls, and the `build` / `inspect` commands, without TensorRT."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+from typer.testing import CliRunner
+
+from toolkit.artifacts import METADATA_KEY, ArtifactMetadata
+from toolkit.cli import app
+from toolkit.engines import tensorrt as E
+from toolkit.errors import ToolkitError
+from toolkit.runtime.cuda_mem import GpuInfo
+from toolkit.runtime.trt_plan import (PlanError, ProfileConfig, TensorRTUnavailable,
+                                      profile_shapes, write_sidecar)
+
+META = ArtifactMetadata(labels=["yes", "no"], image_size=32, mean=[0.5] * 3, std=[0.25] * 3,
+                        vocab=["[PAD]", "a"], max_length=16, precision="int8",
+                        source_sha256="cd" * 32, toolkit_version="0.1")
+
+
+def write_onnx(path, metadata: ArtifactMetadata | None = META):
+    """A minimal valid ONNX model (Identity) carrying the toolkit's metadata record."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 4])])
+    model = helper.make_model(graph)
+    if metadata is not None:
+        helper.set_model_props(model, {METADATA_KEY: metadata.to_json()})
+    onnx.save(model, str(path))
+    return path
+
+
+def test_onnx_metadata_is_read(tmp_path):
+    assert E.read_onnx_metadata(write_onnx(tmp_path / "m.onnx")) == META
+
+
+def test_onnx_without_metadata_or_not_onnx_is_a_clear_error(tmp_path):
+    with pytest.raises(ToolkitError, match="not written by toolkit export"):
+        E.read_onnx_metadata(write_onnx(tmp_path / "m.onnx", metadata=None))
+    (tmp_path / "junk.onnx").write_bytes(b"\xff\x00junk" * 10)
+    with pytest.raises(ToolkitError, match="not a readable ONNX model"):
+        E.read_onnx_metadata(tmp_path / "junk.onnx")
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(onnx="missing.onnx"), "does not exist"),
+    (dict(opt_level=6), "0..5"),
+    (dict(workspace_mb=0), "at least 1"),
+    (dict(dla_core=-1), "0 or more"),
+])
+def test_build_config_is_validated_before_anything_else(tmp_path, kw, match):
+    onnx = write_onnx(tmp_path / "m.onnx")
+    cfg = E.BuildConfig(**{"onnx": str(onnx), "out": str(tmp_path / "m.plan"), **kw})
+    with pytest.raises(ToolkitError, match=match):
+        E.build_engine(cfg)
+
+
+def test_build_without_tensorrt_names_the_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    cfg = E.BuildConfig(onnx=str(write_onnx(tmp_path / "m.onnx")), out=str(tmp_path / "m.plan"))
+    with pytest.raises(TensorRTUnavailable, match=r"dualmodal-toolkit\[tensorrt\]"):
+        E.build_engine(cfg)
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_parser_errors_name_node_and_operator():
+    error = types.SimpleNamespace(node=lambda: 7, node_name=lambda: "/fusion/Attention_3",
+                                  node_operator=lambda: "MyCustomOp",
+                                  desc=lambda: "No importer registered for op: MyCustomOp",
+                                  code=lambda: "ErrorCode.UNSUPPORTED_NODE")
+    text = E.format_parser_error(error)
+    assert text.startswith("node 7 '/fusion/Attention_3' (MyCustomOp): No importer registered")
+
+
+# ------------------------------------------------------------------ version-specific options
+
+
+def fake_trt(version):
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.HardwareCompatibilityLevel = types.SimpleNamespace(AMPERE_PLUS="AP",
+                                                           SAME_COMPUTE_CAPABILITY="SCC")
+    trt.DeviceType = types.SimpleNamespace(DLA="DLA")
+    trt.BuilderFlag = types.SimpleNamespace(GPU_FALLBACK="GPU_FALLBACK")
+    return trt
+
+
+class FakeConfig:
+    def __init__(self):
+        self.flags = []
+
+    def set_flag(self, flag):
+        self.flags.append(flag)
+
+
+def test_dla_is_refused_on_tensorrt_11(monkeypatch):
+    trt = fake_trt("11.4.0.106")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(E.EngineBuildError, match="TensorRT 10 on Jetson"):
+        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), FakeConfig(), 0)
+
+
+def test_dla_on_tensorrt_10(monkeypatch):
+    trt = fake_trt("10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    with pytest.raises(E.EngineBuildError, match="no DLA"):
+        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=0), FakeConfig(), 0)
+    with pytest.raises(E.EngineBuildError, match="has 2 DLA cores"):
+        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), FakeConfig(), 2)
+    config = FakeConfig()
+    E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), config, 1)
+    assert (config.default_device_type, config.DLA_core, config.flags) == ("DLA", 1,
+                                                                           ["GPU_FALLBACK"])
+
+
+def test_hardware_compat_levels(monkeypatch):
+    trt = fake_trt("10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    config = FakeConfig()
+    E._apply_hardware_compat(trt, config, E.HardwareCompat.ampere_plus)
+    assert config.hardware_compatibility_level == "AP"
+    with pytest.raises(E.EngineBuildError, match="needs TensorRT 11"):
+        E._apply_hardware_compat(trt, FakeConfig(), E.HardwareCompat.same_compute_capability)
+    trt.__version__ = "11.4.0.106"
+    E._apply_hardware_compat(trt, config, E.HardwareCompat.same_compute_capability)
+    assert config.hardware_compatibility_level == "SCC"
+    untouched = FakeConfig()
+    E._apply_hardware_compat(trt, untouched, E.HardwareCompat.none)
+    assert not hasattr(untouched, "hardware_compatibility_level")
+
+
+# ------------------------------------------------------------------ inspect
+
+
+def test_layer_precisions_read_both_inspector_schemas():
+    v10 = {"Layers": [{"Name": "conv1", "LayerType": "CaskConvolution",
+                       "Outputs": [{"Name": "t", "Format/Datatype":
+                                   "Channel major FP16 format where channel % 8 == 0"}]},
+                      {"Name": "q", "LayerType": "Quantize",
+                       "Outputs": [{"Name": "u", "Format/Datatype": "Row major linear Int8"}]}]}
+    v11 = {"Layers": [{"Name": "mm", "LayerType": "Gemm",
+                       "Outputs": [{"Name": "t", "Format": "Row major linear", "DataType": "FP32"},
+                                   {"Name": "s", "Format": "Row major linear",
+                                    "DataType": "FP32"}]}]}
+    rows = E.layer_precisions(v10)
+    assert rows[0] == {"name": "conv1", "type": "CaskConvolution", "precision": "FP16"}
+    assert rows[1] == {"name": "q", "type": "Quantize", "precision": "Int8"}
+    assert E.layer_precisions(v11) == [{"name": "mm", "type": "Gemm", "precision": "FP32"}]
+    assert E.layer_precisions({"Layers": ["a", "b"]})[0] == {"name": "a", "type": "?",
+                                                             "precision": "?"}
+
+
+@pytest.fixture
+def built(tmp_path):
+    """A plan (opaque bytes) with the sidecar toolkit build writes."""
+    onnx = write_onnx(tmp_path / "model.int8.onnx")
+    plan = tmp_path / "engines" / "model.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"opaque plan bytes" * 10)
+    inputs = {"image": (-1, 3, 32, 32), "input_ids": (-1, -1), "attention_mask": (-1, -1)}
+    write_sidecar(plan, source_onnx=onnx, tensorrt_version="10.3.0",
+                  gpu=GpuInfo("Orin", "8.7"), metadata=META,
+                  build={"version_compatible": False, "hardware_compat": "none", "opt_level": 3},
+                  profiles=[profile_shapes(inputs, ProfileConfig(max_batch=8), 32, 16)],
+                  inputs=[{"name": n, "dtype": "float32" if n == "image" else "int64",
+                           "shape": list(d)} for n, d in inputs.items()],
+                  outputs=[{"name": "logits", "dtype": "float32", "shape": [-1, 2]}])
+    return plan
+
+
+def test_inspect_without_tensorrt_shows_the_sidecar(built, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = E.inspect_engine(built)
+    assert result["layers"] is None and "TensorRT is not installed" in result["note"]
+    text = E.format_inspection(result)
+    for expected in ["built with TensorRT 10.3.0 on Orin (compute capability 8.7)",
+                     "precision (from the graph): int8", "input_ids: min (1, 1) opt (8, 16) "
+                     "max (8, 16)", "attention_mask: int64 (-1, -1)", "2 labels"]:
+        assert expected in text, expected
+
+
+def test_cli_inspect_on_a_sidecar_plan(built, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = CliRunner().invoke(app, ["inspect", str(built)])
+    assert result.exit_code == 0, result.output
+    assert "built with TensorRT 10.3.0 on Orin" in result.output
+    result = CliRunner().invoke(app, ["inspect", str(built), "--json"])
+    assert json.loads(result.output)["sidecar"]["model"]["labels"] == ["yes", "no"]
+
+
+def test_cli_inspect_a_truncated_plan_is_one_line_error(built):
+    built.write_bytes(built.read_bytes()[:20])
+    result = CliRunner().invoke(app, ["inspect", str(built)])
+    assert result.exit_code == 1
+    assert "truncated" in result.output and "Traceback" not in result.output
+
+
+def test_cli_inspect_not_a_plan(tmp_path):
+    (tmp_path / "x.plan").write_bytes(b"nope")
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "x.plan")])
+    assert result.exit_code == 1 and "x.plan.json is missing" in result.output
+
+
+def test_cli_build_without_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    onnx = write_onnx(tmp_path / "m.onnx")
+    result = CliRunner().invoke(app, ["build", "--onnx", str(onnx), "--out",
+                                      str(tmp_path / "m.plan"), "--max-batch", "8",
+                                      "--hardware-compat", "ampere_plus", "--timing-cache",
+                                      str(tmp_path / "t.cache")])
+    assert result.exit_code == 1
+    assert "pip install 'dualmodal-toolkit[tensorrt]'" in result.output
+    assert "NVIDIA GPU" in result.output
+
+
+def test_cli_build_bad_profile_is_refused_before_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    onnx = write_onnx(tmp_path / "m.onnx")
+    result = CliRunner().invoke(app, ["build", "--onnx", str(onnx), "--max-batch", "2",
+                                      "--min-batch", "4", "--out", str(tmp_path / "m.plan")])
+    assert result.exit_code == 1 and "batch range min=4 opt=2 max=2" in result.output
+    result = CliRunner().invoke(app, ["build", "--onnx", str(onnx), "--max-seq", "17"])
+    assert result.exit_code == 1 and "max_length 16" in result.output

@@ -1,0 +1,1 @@
+"""Engine builders: TensorRT plans from exported ONNX models (toolkit/engines/tensorrt.py)."""

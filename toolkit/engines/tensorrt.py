@@ -1,0 +1,309 @@
+"""Build a TensorRT plan from an exported ONNX model, and inspect one.
+
+Precision lives in the ONNX graph (DESIGN.md): the network is created STRONGLY_TYPED on TensorRT 10
+and 11 alike, with `1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)` (the enum's own
+value: 1 on 10.x, 0 on 11.x where strong typing is always on; NVIDIA's samples/python/
+introductory_parser_samples/onnx_resnet50.py does the same). No precision builder flags, no INT8
+calibrators: TensorRT 11 removed both, and on 10.x they conflict with strong typing.
+
+TensorRT names used here must exist in TensorRT 10.3 and 11.4, or sit behind `trt_major()` guards;
+tests/engines/test_trt_api.py checks that against the real bindings' name lists. By convention the
+variables `builder`, `network`, `parser`, `config`, `profile`, `cache`, `error`, `tensor`,
+`engine`, `runtime`, `inspector` always hold the TensorRT object of that name, so the test can check
+the methods called on them too.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, atomic_path
+from toolkit.errors import ToolkitError
+from toolkit.runtime.cuda_mem import device_info
+from toolkit.runtime.trt_plan import (ProfileConfig, check_compatibility, check_plan_file,
+                                      import_tensorrt, profile_ranges, profile_shapes,
+                                      read_sidecar, trt_logger, trt_major, write_sidecar)
+
+__all__ = ["BuildConfig", "EngineBuildError", "HardwareCompat", "ProfileConfig", "build_engine",
+           "check_compatibility", "inspect_engine", "layer_precisions"]
+
+
+class EngineBuildError(ToolkitError):
+    """TensorRT could not parse the ONNX model or build the engine."""
+
+
+class HardwareCompat(str, enum.Enum):
+    """Which GPUs the plan may run on (TensorRT's HardwareCompatibilityLevel)."""
+
+    none = "none"  # the compute capability it was built on; fastest
+    ampere_plus = "ampere_plus"  # any Ampere or newer GPU; fewer tactics, slower
+    same_compute_capability = "same_compute_capability"  # TensorRT 11 here (10.3 lacks it)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    onnx: str
+    out: str = "engines/model.plan"
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    workspace_mb: int | None = None  # None: TensorRT's default (all device memory)
+    opt_level: int = 3  # builder optimization level, 0..5; TensorRT's default is 3
+    timing_cache: str | None = None  # a file loaded before and saved after the build
+    version_compatible: bool = False  # runnable by later TensorRT releases (may be slower)
+    hardware_compat: HardwareCompat = HardwareCompat.none
+    dla_core: int | None = None  # TensorRT 10 on Jetson AGX Orin only
+    verbose: bool = False  # TensorRT's own log at VERBOSE instead of WARNING
+
+
+def _validate(cfg: BuildConfig) -> None:
+    if not 0 <= cfg.opt_level <= 5:
+        raise ToolkitError(f"--opt-level {cfg.opt_level} is outside TensorRT's 0..5")
+    if cfg.workspace_mb is not None and cfg.workspace_mb < 1:
+        raise ToolkitError(f"--workspace-mb {cfg.workspace_mb} must be at least 1")
+    if cfg.dla_core is not None and cfg.dla_core < 0:
+        raise ToolkitError(f"--dla-core {cfg.dla_core} must be 0 or more")
+    if not Path(cfg.onnx).is_file():
+        raise ToolkitError(f"{cfg.onnx} does not exist; export one with toolkit export")
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> ArtifactMetadata:
+    """The ArtifactMetadata record `toolkit export` stores in the model's metadata_props."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise ToolkitError("reading the ONNX model's metadata needs the onnx package: "
+                           "pip install onnx") from e
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise ToolkitError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
+    props = {p.key: p.value for p in model.metadata_props}
+    if METADATA_KEY not in props:
+        raise ToolkitError(f"{path} carries no {METADATA_KEY!r} metadata: it was not written by "
+                           f"toolkit export; export the model with toolkit export")
+    return ArtifactMetadata.from_json(props[METADATA_KEY], source=str(path))
+
+
+def format_parser_error(error) -> str:
+    """One parser error with the node name and operator (ParserError in 10.3 and 11.4 alike)."""
+    where = f"node {error.node()}"
+    if error.node_name():
+        where += f" {error.node_name()!r}"
+    if error.node_operator():
+        where += f" ({error.node_operator()})"
+    return f"{where}: {error.desc()} [{error.code()}]"
+
+
+def _dtype_name(trt, dtype) -> str:
+    """numpy's name for a TensorRT DataType, or TensorRT's where numpy has none (bf16, fp8)."""
+    try:
+        return np.dtype(trt.nptype(dtype)).name
+    except TypeError:
+        return str(dtype.name).lower()
+
+
+def _io(trt, tensor) -> dict:
+    return {"name": tensor.name, "dtype": _dtype_name(trt, tensor.dtype),
+            "shape": [int(d) for d in tensor.shape]}
+
+
+def _apply_hardware_compat(trt, config, level: HardwareCompat) -> None:
+    if level is HardwareCompat.ampere_plus:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    elif level is HardwareCompat.same_compute_capability:
+        if trt_major() < 11:
+            raise EngineBuildError("--hardware-compat same_compute_capability needs TensorRT 11 "
+                                   "(TensorRT 10.3, JetPack 6's, lacks it); use none or "
+                                   "ampere_plus")
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
+
+
+def _apply_dla(trt, builder, config, core: int) -> None:
+    # DLA (Jetson AGX Orin) is supported here on TensorRT 10 only: JetPack 6 ships 10.3, and
+    # TensorRT 11.0-11.3 had no DLA at all (reference notes, section 7).
+    if trt_major() >= 11:
+        raise EngineBuildError("--dla-core is supported with TensorRT 10 on Jetson (JetPack 6) "
+                               "only; build without --dla-core on TensorRT 11")
+    if builder.num_DLA_cores == 0:
+        raise EngineBuildError("--dla-core: this device has no DLA (only Jetson AGX Orin / "
+                               "Xavier do); build without --dla-core")
+    if core >= builder.num_DLA_cores:
+        raise EngineBuildError(f"--dla-core {core}: this device has {builder.num_DLA_cores} DLA "
+                               f"cores (0..{builder.num_DLA_cores - 1})")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = core
+    # DLA runs FP16/INT8 layers only; the rest must fall back to the GPU (inspect shows where).
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def build_engine(cfg: BuildConfig, log=print) -> Path:
+    """Parse the ONNX model, build a plan for this GPU, write it and its sidecar atomically."""
+    _validate(cfg)
+    meta = read_onnx_metadata(cfg.onnx)
+    profile_ranges(cfg.profile, meta.max_length)  # a bad range fails here, before TensorRT
+    trt = import_tensorrt()
+    gpu = device_info()  # a clear error without a GPU, before TensorRT tries
+
+    logger = trt_logger(cfg.verbose)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file (not parse(bytes)) so weights stored next to the model are found.
+    if not parser.parse_from_file(str(cfg.onnx)):
+        errors = [format_parser_error(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineBuildError(f"TensorRT {trt.__version__} cannot parse {cfg.onnx}: "
+                               + "; ".join(errors or ["no error reported"]))
+
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    outputs = [network.get_output(i) for i in range(network.num_outputs)]
+    shapes = profile_shapes({tensor.name: tuple(tensor.shape) for tensor in inputs}, cfg.profile,
+                            meta.image_size, meta.max_length)
+
+    config = builder.create_builder_config()
+    if cfg.workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
+    config.builder_optimization_level = cfg.opt_level
+    # DETAILED keeps per-layer precision and tactics in the plan for the engine inspector.
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    profile = builder.create_optimization_profile()
+    for name, s in shapes.items():
+        profile.set_shape(name, s["min"], s["opt"], s["max"])
+    config.add_optimization_profile(profile)
+    if cfg.version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    _apply_hardware_compat(trt, config, cfg.hardware_compat)
+    if cfg.dla_core is not None:
+        _apply_dla(trt, builder, config, cfg.dla_core)
+
+    # Timing cache: reuse the measurements of earlier builds (NVIDIA's refactored sample
+    # 1_run_onnx_with_tensorrt: create_timing_cache(bytes) + set_timing_cache(cache, ...)).
+    cache_path = Path(cfg.timing_cache) if cfg.timing_cache else None
+    cache_reused = bool(cache_path and cache_path.is_file())
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_reused else b"")
+    if cache is None or not config.set_timing_cache(cache, False):
+        # Unreadable, or recorded on another device: start afresh rather than fail the build.
+        log(f"timing cache {cache_path} is unreadable or from another GPU; starting a new one")
+        cache = config.create_timing_cache(b"")
+        config.set_timing_cache(cache, False)
+        cache_reused = False
+
+    log(f"building with TensorRT {trt.__version__} on {gpu.name} (this takes a while)")
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineBuildError(f"TensorRT {trt.__version__} could not build an engine from "
+                               f"{cfg.onnx}; rerun with --trt-verbose to see TensorRT's log")
+
+    out = Path(cfg.out)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(plan)  # IHostMemory has the buffer protocol
+    if cache_path is not None:
+        with atomic_path(cache_path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(cache.serialize())
+
+    build = {"workspace_mb": cfg.workspace_mb, "opt_level": cfg.opt_level,
+             "version_compatible": cfg.version_compatible,
+             "hardware_compat": cfg.hardware_compat.value, "dla_core": cfg.dla_core,
+             "strongly_typed": True, "timing_cache": str(cache_path) if cache_path else None,
+             "timing_cache_reused": cache_reused}
+    write_sidecar(out, source_onnx=cfg.onnx, tensorrt_version=trt.__version__, gpu=gpu,
+                  metadata=meta, build=build, profiles=[shapes],
+                  inputs=[_io(trt, tensor) for tensor in inputs],
+                  outputs=[_io(trt, tensor) for tensor in outputs])
+    return out
+
+
+# ------------------------------------------------------------------ inspect
+
+
+_DTYPE_WORD = re.compile(r"\b(FP32|FP16|BF16|FP8|FP4|U?INT(4|8|32|64)|BOOL|FLOAT|HALF)\b",
+                         re.IGNORECASE)
+
+
+def layer_precisions(info: dict) -> list[dict]:
+    """Name, type and output precision of each layer from the inspector's JSON.
+
+    TensorRT 10 writes each output's format and type as one "Format/Datatype" string ("Row major
+    linear FP32"); TensorRT 11 splits it (docs.nvidia.com/deeplearning/tensorrt/11.3.0/api/
+    migration/tensorrt-10x-to-11x-IEngineInspector.html). Without DETAILED verbosity layers are bare
+    names, and the precision is unknown.
+    """
+    rows = []
+    for layer in info.get("Layers", []):
+        if isinstance(layer, str):
+            rows.append({"name": layer, "type": "?", "precision": "?"})
+            continue
+        types = []
+        for out in layer.get("Outputs", []):
+            dtype = out.get("DataType") or out.get("Datatype")
+            if dtype is None and "Format/Datatype" in out:
+                # e.g. "Row major linear FP32", "Channel major FP16 format where channel % 8 == 0"
+                found = _DTYPE_WORD.search(str(out["Format/Datatype"]))
+                dtype = found.group(0) if found else str(out["Format/Datatype"])
+            if dtype and dtype not in types:
+                types.append(str(dtype))
+        rows.append({"name": layer.get("Name", "?"), "type": layer.get("LayerType", "?"),
+                     "precision": ",".join(types) or "?"})
+    return rows
+
+
+def inspect_engine(path: str | os.PathLike) -> dict:
+    """The plan's sidecar and, where TensorRT and a compatible GPU are here, its layers.
+
+    Returns {"sidecar": ..., "layers": [...] or None, "note": why there are no layers}.
+    """
+    sidecar = read_sidecar(path)
+    check_plan_file(path, sidecar)
+    try:
+        trt = import_tensorrt()
+        gpu = device_info()
+    except ToolkitError as e:
+        return {"sidecar": sidecar, "layers": None, "note": f"no layer information: {e}"}
+    mismatch = check_compatibility(sidecar, trt.__version__, gpu)
+    if mismatch is not None:
+        return {"sidecar": sidecar, "layers": None, "note": f"no layer information: {mismatch}"}
+
+    from toolkit.runtime.trt_runner import load_engine
+
+    runtime, engine = load_engine(path, sidecar)
+    inspector = engine.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    del inspector, engine, runtime  # child objects first, the order TensorRT frees them in
+    return {"sidecar": sidecar, "layers": layer_precisions(info), "note": None}
+
+
+def format_inspection(result: dict) -> str:
+    """Human-readable text of inspect_engine's result (the CLI prints it)."""
+    s = result["sidecar"]
+    lines = [f"plan: {s['plan']} ({s['plan_bytes']} bytes, sha256 {s['plan_sha256'][:12]})",
+             f"built with TensorRT {s['tensorrt_version']} on {s['gpu']['name']} "
+             f"(compute capability {s['gpu']['compute_capability']})",
+             f"precision (from the graph): {s['precision']}",
+             f"source ONNX: {s['source_onnx']} (sha256 {s['source_onnx_sha256'][:12]})",
+             f"build: " + ", ".join(f"{k}={v}" for k, v in s.get("build", {}).items())]
+    for i, prof in enumerate(s["profiles"]):
+        lines.append(f"profile {i}:")
+        for name, sh in prof.items():
+            lines.append(f"  {name}: min {tuple(sh['min'])} opt {tuple(sh['opt'])} "
+                         f"max {tuple(sh['max'])}")
+    for kind in ("inputs", "outputs"):
+        lines.append(f"{kind}:")
+        for t in s[kind]:
+            lines.append(f"  {t['name']}: {t['dtype']} {tuple(t['shape'])}")
+    model = s["model"]
+    lines.append(f"model: {len(model.get('labels', []))} labels, image {model.get('image_size')} "
+                 f"px, max_length {model.get('max_length')}, toolkit {model.get('toolkit_version')}")
+    if result["layers"] is None:
+        lines.append(result["note"])
+    else:
+        lines.append(f"layers ({len(result['layers'])}):")
+        for row in result["layers"]:
+            lines.append(f"  {row['precision']:<10} {row['type']:<20} {row['name']}")
+    return "\n".join(lines)
