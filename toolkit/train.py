@@ -124,7 +124,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                            foreach=True)
     # Batches are whole images with all their questions: the vision tower (most of the cost)
     # runs once per image, and each image is seen with questions that need different answers.
     groups = train_split.image_groups()
