@@ -204,3 +204,82 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             v = tuple(v)
         kwargs[k] = v
     return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- export and parity
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Int8Target(str, enum.Enum):
+    # Explicit QDQ that TensorRT's strongly typed builder accepts: signed int8, every zero point 0.
+    tensorrt = "tensorrt"
+    # The fastest QDQ graph for ONNX Runtime's CPU kernels: uint8 asymmetric activations, int8
+    # weights (U8S8). Measured in bench/export.md; symmetric S8S8 QDQ was slower than FP32.
+    cpu = "cpu"
+
+
+class CalibMethod(str, enum.Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    calibration: str  # a dataset folder or manifest file; rows feed the shared preprocessing
+    split: str = "train"  # calibrate on training rows; parity measures on the held-out split
+    samples: int = 256
+    method: CalibMethod = CalibMethod.minmax
+    target: Int8Target = Int8Target.tensorrt
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"calib samples must be >= 1, got {self.samples}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: str  # runs/<name>
+    out: str  # the .onnx file to write
+    precision: Precision = Precision.fp32
+    which: str = "best"
+    # Real rows for the post-export check (None: the run's own training data, if still there).
+    data: str | None = None
+    opset: int = 20
+    fp16_io: bool = False  # fp16 only: FP16 graph inputs/outputs instead of FP32
+    int8: Int8Config | None = None
+
+    def __post_init__(self) -> None:
+        if self.opset < 17:
+            raise ConfigError(f"opset {self.opset} is too old; use 17 or newer (LayerNormalization "
+                              "is one op from opset 17)")
+        if self.precision is Precision.int8 and self.int8 is None:
+            raise ConfigError("INT8 export needs calibration data; pass --calibration DATA")
+        if self.fp16_io and self.precision is not Precision.fp16:
+            raise ConfigError("--fp16-io only applies to --precision fp16")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a candidate must meet against the reference; None = not checked."""
+
+    max_abs: float | None = None  # on every output element
+    min_cosine: float | None = None  # per row (sample), the worst row
+    min_top1: float | None = None  # share of rows whose argmax agrees
+    max_accuracy_drop: float | None = None  # reference accuracy - candidate accuracy (0..1)
+
+
+# Per precision, on logits. fp32: the exporter's rounding only. fp16 and int8 were measured on the
+# trained `small` checkpoint and the untrained `seed` model (bench/export.md); int8 is judged by
+# what matters for a classifier (decisions, accuracy), not by elementwise error.
+TOLERANCES: dict[Precision, Tolerance] = {
+    Precision.fp32: Tolerance(max_abs=1e-4, min_cosine=0.99999),
+    Precision.fp16: Tolerance(max_abs=2e-2, min_cosine=0.999),
+    Precision.int8: Tolerance(min_top1=0.99, max_accuracy_drop=0.01),
+}
