@@ -283,3 +283,18 @@ TOLERANCES: dict[Precision, Tolerance] = {
     Precision.fp16: Tolerance(max_abs=2e-2, min_cosine=0.999),
     Precision.int8: Tolerance(min_top1=0.99, max_accuracy_drop=0.01),
 }
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    reference: str  # runs/<name>: the PyTorch model
+    candidate: str  # an exported .onnx
+    data: str | None = None  # dataset folder or manifest (None: the run's training data)
+    split: str = "val"  # held out
+    samples: int | None = None  # first N rows of the split; None = all
+    batch_size: int = 32
+    which: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise ConfigError(f"samples must be >= 1, got {self.samples}")

@@ -77,6 +77,8 @@ def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
     out = Path(cfg.out)
     if out.suffix != ".onnx":
         raise ExportError(f"output {out} must end in .onnx")
+    # Calibration rows are read first: too few of them fails before minutes of exporting.
+    calib = _calibration(ck, cfg) if cfg.precision is Precision.int8 else None
 
     log(f"exporting {ck.path} to ONNX (torch.onnx dynamo, opset {cfg.opset})")
     model = torch_onnx.to_onnx(ck, cfg.opset)
@@ -94,7 +96,7 @@ def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
         if cfg.precision is Precision.fp16:
             cmp, checks = _fp16(ck, cfg, fp32_path, out, feeds, extra)
         elif cfg.precision is Precision.int8:
-            cmp, checks = _int8(ck, cfg, fp32_path, out, feeds, extra, log)
+            cmp, checks = _int8(ck, cfg, fp32_path, out, feeds, extra, calib, log)
     finally:
         if fp32_path != out and fp32_path.exists():
             fp32_path.unlink()
@@ -115,13 +117,17 @@ def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra):
     return cmp, checks
 
 
-def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, log):
+def _calibration(ck, cfg: ExportConfig) -> list[dict[str, np.ndarray]]:
+    q = cfg.int8
+    rows = samples.load_rows(ck, q.calibration, q.split)
+    return list(samples.calibration_batches(ck, rows, q.samples, q.batch_size))
+
+
+def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batches, log):
     from toolkit.config import Tolerance
     from toolkit.export import int8
 
     q = cfg.int8
-    rows = samples.load_rows(ck, q.calibration, q.split)
-    batches = list(samples.calibration_batches(ck, rows, q.samples, q.batch_size))
     log(f"calibrating on {q.samples} rows ({q.method.value}), target {q.target.value}")
     with atomic_path(out) as tmp:
         int8.quantize(fp32_path, tmp, batches, q.target, q.method)
