@@ -120,7 +120,9 @@ def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra):
 def _calibration(ck, cfg: ExportConfig) -> list[dict[str, np.ndarray]]:
     q = cfg.int8
     rows = samples.load_rows(ck, q.calibration, q.split)
-    return list(samples.calibration_batches(ck, rows, q.samples, q.batch_size))
+    # Equal batches (see calibration_batches): the largest divisor of samples up to batch_size.
+    size = max(d for d in range(1, q.batch_size + 1) if q.samples % d == 0)
+    return list(samples.calibration_batches(ck, rows, q.samples, size))
 
 
 def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batches, log):

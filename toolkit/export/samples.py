@@ -73,10 +73,15 @@ def generated_batch(ck, b: int, length: int, rng: np.random.Generator) -> dict[s
 
 def calibration_batches(ck, rows: Split, samples: int, batch_size: int
                         ) -> Iterator[dict[str, np.ndarray]]:
-    """The first `samples` rows in a fixed shuffled order, in batches padded to their longest."""
+    """`samples` rows in a fixed shuffled order, every batch padded to the longest of them.
+
+    One shape for every batch: ORT's histogram calibrators (entropy, percentile) stack each
+    tensor's values across batches, which fails on ragged shapes; so the caller passes a
+    `batch_size` that divides `samples` (or 1)."""
     if len(rows) < samples:
         raise ExportError(f"calibration data has {len(rows)} usable rows, fewer than the "
                           f"{samples} asked for; pass more data or a smaller --calib-samples")
     order = np.random.default_rng(0).permutation(len(rows))[:samples]
+    longest = max(len(rows.token_ids[i]) for i in order)
     for start in range(0, samples, batch_size):
-        yield batch(ck, rows, order[start:start + batch_size])
+        yield batch(ck, rows, order[start:start + batch_size], pad_to=longest)
