@@ -18,7 +18,7 @@ DEMO_SECONDS ?= 780
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,export,dev]'
 	touch $(STAMP)
 
 $(DATA)/dataset.json: | $(STAMP)
