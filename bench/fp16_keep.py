@@ -15,8 +15,8 @@ import numpy as np
 VARIANTS = {
     "none": (),
     "LayerNorm": ("LayerNormalization",),
-    "LayerNorm+Softmax": ("LayerNormalization", "Softmax"),
-    "LayerNorm+Softmax+Reduce* (default)": ("LayerNormalization", "Softmax", "ReduceMean",
+    "LayerNorm+Softmax (default)": ("LayerNormalization", "Softmax"),
+    "LayerNorm+Softmax+Reduce*": ("LayerNormalization", "Softmax", "ReduceMean",
                                             "ReduceSum"),
 }
 

@@ -275,12 +275,13 @@ class Tolerance:
     max_accuracy_drop: float | None = None  # reference accuracy - candidate accuracy (0..1)
 
 
-# Per precision, on logits. fp32: the exporter's rounding only. fp16 and int8 were measured on the
-# trained `small` checkpoint and the untrained `seed` model (bench/export.md); int8 is judged by
-# what matters for a classifier (decisions, accuracy), not by elementwise error.
+# Per precision, on logits (bench/export.md). fp32: the exporter's rounding only (measured <= 1.4e-6).
+# fp16: measured max abs 2.5e-4 (seed, untrained), 3e-4 (tiny), 5.9e-4 (small, logits up to 5.3)
+# on ONNX Runtime CPU: the bound leaves about 8x room. int8 is judged by what matters for a
+# classifier (decisions, held-out accuracy), not by elementwise error.
 TOLERANCES: dict[Precision, Tolerance] = {
     Precision.fp32: Tolerance(max_abs=1e-4, min_cosine=0.99999),
-    Precision.fp16: Tolerance(max_abs=2e-2, min_cosine=0.999),
+    Precision.fp16: Tolerance(max_abs=5e-3, min_cosine=0.9999),
     Precision.int8: Tolerance(min_top1=0.99, max_accuracy_drop=0.01),
 }
 
