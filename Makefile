@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine; both bootstrap .venv and are idempotent.
-#   make demo   generate the embedded dataset, train the small preset, evaluate it
+#   make demo   generate the embedded dataset, train the small preset, evaluate it, export it
+#               (FP32, FP16, INT8) and check each export against PyTorch (toolkit parity)
 #   make test   run the test suite
 # Variables can be overridden: make demo DEMO_SECONDS=600
 
@@ -30,6 +31,13 @@ $(RUN)/best.safetensors: $(DATA)/dataset.json | $(STAMP)
 
 demo: $(RUN)/best.safetensors
 	$(BIN)/toolkit eval --checkpoint $(RUN) --data $(DATA) --json $(RUN)/eval.json
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp32
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp16
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision int8 --calibration $(DATA) \
+	  --calib-samples 256 --target tensorrt
+	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.fp16.onnx
+	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.int8.onnx \
+	  --json export/parity.int8.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
