@@ -173,9 +173,11 @@ def export_(
     checkpoint: Path = typer.Option(..., exists=True, file_okay=False,
                                     help="Run directory (runs/<name>)."),
     precision: PrecisionChoice = typer.Option(PrecisionChoice.fp32),
-    out: Optional[Path] = typer.Option(None, help="Output .onnx [export/model[.fp16|.int8].onnx]."),
+    out: Optional[Path] = typer.Option(None, help="Output .onnx (default: export/model.onnx, "
+                                       "export/model.fp16.onnx, export/model.int8.onnx)."),
     data: Optional[Path] = typer.Option(None, exists=True,
-                                        help="Rows for the post-export check [the run's data]."),
+                                        help="Rows for the post-export check (default: the "
+                                        "run's data)."),
     fp16_io: bool = typer.Option(False, "--fp16-io", help="FP16 graph inputs and outputs."),
     calibration: Optional[Path] = typer.Option(None, exists=True,
                                                help="INT8: calibration dataset or manifest."),
@@ -212,9 +214,10 @@ def parity(
     reference: Path = typer.Option(..., exists=True, file_okay=False,
                                    help="Run directory (runs/<name>)."),
     candidate: Path = typer.Option(..., exists=True, dir_okay=False, help="An exported .onnx."),
-    data: Optional[Path] = typer.Option(None, exists=True, help="Dataset [the run's data]."),
+    data: Optional[Path] = typer.Option(None, exists=True,
+                                        help="Dataset (default: the run's data)."),
     split: str = typer.Option("val", help="Split inside a dataset folder."),
-    samples: Optional[int] = typer.Option(None, min=1, help="First N rows [all]."),
+    samples: Optional[int] = typer.Option(None, min=1, help="First N rows (default: all)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the evidence here."),
 ) -> None:
     """Compare an exported model with PyTorch; exit 1 when its precision's tolerance is exceeded."""
