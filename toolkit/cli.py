@@ -179,6 +179,9 @@ def export_(
                                         help="Rows for the post-export check (default: the "
                                         "run's data)."),
     fp16_io: bool = typer.Option(False, "--fp16-io", help="FP16 graph inputs and outputs."),
+    from_onnx: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                             help="fp16/int8: transform this FP32 export of the "
+                                             "same checkpoint instead of exporting again."),
     calibration: Optional[Path] = typer.Option(None, exists=True,
                                                help="INT8: calibration dataset or manifest."),
     calib_samples: int = typer.Option(256, min=1, help="INT8: calibration rows."),
@@ -201,7 +204,8 @@ def export_(
                             target=C.Int8Target(target.value))
     out = out or default_out(prec, target.value)
     cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=prec, which=which,
-                         data=str(data) if data else None, fp16_io=fp16_io, int8=int8)
+                         data=str(data) if data else None, fp16_io=fp16_io, int8=int8,
+                         fp32_source=str(from_onnx) if from_onnx else None)
     result = export(cfg, log=console.print)
     console.print(result.comparison.report())
     size = result.path.stat().st_size / 2**20

@@ -254,6 +254,8 @@ class ExportConfig:
     opset: int = 20
     fp16_io: bool = False  # fp16 only: FP16 graph inputs/outputs instead of FP32
     int8: Int8Config | None = None
+    # fp16/int8: transform this FP32 export (of the same weights) instead of exporting again.
+    fp32_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.opset < 17:
@@ -263,6 +265,8 @@ class ExportConfig:
             raise ConfigError("INT8 export needs calibration data; pass --calibration DATA")
         if self.fp16_io and self.precision is not Precision.fp16:
             raise ConfigError("--fp16-io only applies to --precision fp16")
+        if self.fp32_source and self.precision is Precision.fp32:
+            raise ConfigError("--from-onnx only applies to --precision fp16 or int8")
 
 
 @dataclass(frozen=True)

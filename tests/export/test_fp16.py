@@ -101,3 +101,40 @@ def test_subgraphs_are_refused():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     with pytest.raises(ExportError, match="subgraph"):
         convert(helper.make_model(g))
+
+
+def test_fp16_from_an_existing_fp32_export(tiny_run, tiny_data, tiny_onnx, tmp_path):
+    from toolkit.config import ExportConfig
+    from toolkit.export.pipeline import export
+
+    before = tiny_onnx.path.read_bytes()
+    r = export(ExportConfig(str(tiny_run), str(tmp_path / "m.fp16.onnx"), Precision.fp16,
+                            data=str(tiny_data), fp32_source=str(tiny_onnx.path)))
+    assert r.comparison.passed and r.path.is_file()
+    assert tiny_onnx.path.read_bytes() == before  # the source is left as it was
+
+
+def test_fp32_source_from_other_weights_is_refused(tiny_run, tiny_data, tiny_onnx, tmp_path):
+    import shutil
+
+    from toolkit.config import ExportConfig
+    from toolkit.export.graph import ExportError
+    from toolkit.export.pipeline import export
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    _perturb(other / "best.safetensors")
+    with pytest.raises(ExportError, match="other weights"):
+        export(ExportConfig(str(other), str(tmp_path / "m.onnx"), Precision.fp16,
+                            data=str(tiny_data), fp32_source=str(tiny_onnx.path)))
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def _perturb(weights):
+    """Other weights with the same structure: one tensor shifted."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(weights))
+    name = next(iter(state))
+    state[name] = state[name] + 1
+    save_file(state, str(weights))

@@ -67,7 +67,6 @@ def check_against_torch(ck, path: Path, feeds: list[dict[str, np.ndarray]], tole
 
 def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
     from toolkit.checkpoint import load_checkpoint
-    from toolkit.export import onnx as torch_onnx
 
     t0 = time.perf_counter()
     ck = load_checkpoint(cfg.checkpoint, cfg.which)
@@ -80,27 +79,52 @@ def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
     # Calibration rows are read first: too few of them fails before minutes of exporting.
     calib = _calibration(ck, cfg) if cfg.precision is Precision.int8 else None
 
-    log(f"exporting {ck.path} to ONNX (torch.onnx dynamo, opset {cfg.opset})")
-    model = torch_onnx.to_onnx(ck, cfg.opset)
-    extra = {"exporter": "torch.onnx dynamo", "opset": cfg.opset,
-             "checked_on": "dataset rows" if rows is not None else "generated inputs"}
-    fp32_path = out if cfg.precision is Precision.fp32 else graph.tmp_sibling(out, "fp32")
+    checks: dict = {}
+    if cfg.fp32_source:  # PyTorch was exported before: transform that graph
+        fp32_path, owned = reuse_fp32(ck, Path(cfg.fp32_source)), False
+        extra = graph.get_metadata(graph.load(fp32_path), str(fp32_path)).extra
+        log(f"transforming {fp32_path} (FP32, same weights as {ck.weights})")
+    else:
+        fp32_path = out if cfg.precision is Precision.fp32 else graph.tmp_sibling(out, "fp32")
+        owned = fp32_path != out
+        extra, cmp = _export_fp32(ck, cfg, fp32_path, feeds, rows is not None, log)
     try:
-        graph.set_metadata(model, _metadata(ck, Precision.fp32, extra))
-        with atomic_path(fp32_path) as tmp:
-            graph.save(model, tmp)
-            cmp = check_against_torch(ck, tmp, feeds, TOLERANCES[Precision.fp32])
-            cmp.raise_if_failed(f"FP32 ONNX export of {ck.path}")
-        log(f"FP32 vs PyTorch: {cmp.report()}")
-        checks: dict = {}
         if cfg.precision is Precision.fp16:
             cmp, checks = _fp16(ck, cfg, fp32_path, out, feeds, extra)
         elif cfg.precision is Precision.int8:
             cmp, checks = _int8(ck, cfg, fp32_path, out, feeds, extra, calib, log)
     finally:
-        if fp32_path != out and fp32_path.exists():
+        if owned and fp32_path.exists():
             fp32_path.unlink()
     return ExportResult(out, cfg.precision, time.perf_counter() - t0, cmp, checks)
+
+
+def _export_fp32(ck, cfg: ExportConfig, fp32_path: Path, feeds, real_rows: bool, log):
+    """PyTorch -> FP32 ONNX at `fp32_path`, checked against PyTorch before it is renamed there."""
+    from toolkit.export import onnx as torch_onnx
+
+    log(f"exporting {ck.path} to ONNX (torch.onnx dynamo, opset {cfg.opset})")
+    model = torch_onnx.to_onnx(ck, cfg.opset)
+    extra = {"exporter": "torch.onnx dynamo", "opset": cfg.opset,
+             "checked_on": "dataset rows" if real_rows else "generated inputs"}
+    graph.set_metadata(model, _metadata(ck, Precision.fp32, extra))
+    with atomic_path(fp32_path) as tmp:  # nothing at fp32_path unless the check passes
+        graph.save(model, tmp)
+        cmp = check_against_torch(ck, tmp, feeds, TOLERANCES[Precision.fp32])
+        cmp.raise_if_failed(f"FP32 ONNX export of {ck.path}")
+    log(f"FP32 vs PyTorch: {cmp.report()}")
+    return extra, cmp
+
+
+def reuse_fp32(ck, path: Path) -> Path:
+    """An existing FP32 export, if it was made from exactly these weights."""
+    meta = graph.get_metadata(graph.load(path), str(path))
+    if meta.precision != Precision.fp32.value:
+        raise ExportError(f"{path} is a {meta.precision} model; --from-onnx needs the FP32 export")
+    if meta.source_sha256 != sha256(ck.weights):
+        raise ExportError(f"{path} was exported from other weights than {ck.weights}; export "
+                          "FP32 again or drop --from-onnx")
+    return path
 
 
 def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra):
