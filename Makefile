@@ -32,9 +32,9 @@ $(RUN)/best.safetensors: $(DATA)/dataset.json | $(STAMP)
 demo: $(RUN)/best.safetensors
 	$(BIN)/toolkit eval --checkpoint $(RUN) --data $(DATA) --json $(RUN)/eval.json
 	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp32
-	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp16
-	$(BIN)/toolkit export --checkpoint $(RUN) --precision int8 --calibration $(DATA) \
-	  --calib-samples 256 --target tensorrt
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp16 --from-onnx export/model.onnx
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision int8 --from-onnx export/model.onnx \
+	  --calibration $(DATA) --calib-samples 256 --target tensorrt
 	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.fp16.onnx
 	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.int8.onnx \
 	  --json export/parity.int8.json
