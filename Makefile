@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine; both bootstrap .venv and are idempotent.
-#   make demo   generate the embedded dataset, train the small preset, evaluate it
+#   make demo   generate the embedded dataset, train the small preset, evaluate it, export it
+#               (FP32, FP16, INT8) and check each export against PyTorch (toolkit parity)
 #   make test   run the test suite
 # Variables can be overridden: make demo DEMO_SECONDS=600
 
@@ -11,14 +12,14 @@ DATA := data/sort-of-clevr
 RUN := runs/small
 DEMO_SCENES ?= 10000
 DEMO_EPOCHS ?= 3
-DEMO_SECONDS ?= 780
+DEMO_SECONDS ?= 720
 
 .PHONY: demo test clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,export,dev]'
 	touch $(STAMP)
 
 $(DATA)/dataset.json: | $(STAMP)
@@ -26,10 +27,17 @@ $(DATA)/dataset.json: | $(STAMP)
 
 $(RUN)/best.safetensors: $(DATA)/dataset.json | $(STAMP)
 	$(BIN)/toolkit train --data $(DATA) --out $(RUN) --preset small --epochs $(DEMO_EPOCHS) \
-	  --batch-size 64 --lr 2e-3 --warmup-steps 300 --max-train-seconds $(DEMO_SECONDS)
+	  --batch-size 64 --lr 1e-3 --warmup-steps 300 --max-train-seconds $(DEMO_SECONDS)
 
 demo: $(RUN)/best.safetensors
 	$(BIN)/toolkit eval --checkpoint $(RUN) --data $(DATA) --json $(RUN)/eval.json
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp32
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp16 --from-onnx export/model.onnx
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision int8 --from-onnx export/model.onnx \
+	  --calibration $(DATA) --calib-samples 256 --target tensorrt
+	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.fp16.onnx
+	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.int8.onnx \
+	  --json export/parity.int8.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -31,3 +31,40 @@ def tiny_run(tiny_train_config):
 
     train(tiny_train_config, log=lambda *_: None)
     return Path(tiny_train_config.out)
+
+
+# ------------------------------------------------------------------ exported tiny models (issue 3)
+
+
+def _export_tiny(tiny_run, tiny_data, out, precision, **kw):
+    from toolkit.config import ExportConfig
+    from toolkit.export.pipeline import export
+
+    return export(ExportConfig(checkpoint=str(tiny_run), out=str(out), precision=precision,
+                               data=str(tiny_data), **kw))
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tiny_data, tmp_path_factory):
+    """The tiny run exported once to FP32 ONNX: the ExportResult (path, comparison, ...)."""
+    from toolkit.config import Precision
+
+    return _export_tiny(tiny_run, tiny_data, tmp_path_factory.mktemp("export") / "model.onnx",
+                        Precision.fp32)
+
+
+@pytest.fixture(scope="session")
+def tiny_fp16(tiny_run, tiny_data, tmp_path_factory):
+    from toolkit.config import Precision
+
+    return _export_tiny(tiny_run, tiny_data, tmp_path_factory.mktemp("export") / "model.fp16.onnx",
+                        Precision.fp16)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_run, tiny_data, tmp_path_factory):
+    """INT8 QDQ for TensorRT, calibrated on 32 training rows."""
+    from toolkit.config import Int8Config, Precision
+
+    return _export_tiny(tiny_run, tiny_data, tmp_path_factory.mktemp("export") / "model.int8.onnx",
+                        Precision.int8, int8=Int8Config(str(tiny_data), samples=32))

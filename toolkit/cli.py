@@ -147,6 +147,99 @@ def eval_(
         write_json(json_out, report)
 
 
+# ---- export and parity (issue 3)
+
+
+class PrecisionChoice(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class TargetChoice(str, Enum):
+    tensorrt = "tensorrt"
+    cpu = "cpu"
+
+
+class CalibChoice(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+@app.command("export")
+@friendly
+def export_(
+    checkpoint: Path = typer.Option(..., exists=True, file_okay=False,
+                                    help="Run directory (runs/<name>)."),
+    precision: PrecisionChoice = typer.Option(PrecisionChoice.fp32),
+    out: Optional[Path] = typer.Option(None, help="Output .onnx (default: export/model.onnx, "
+                                       "export/model.fp16.onnx, export/model.int8.onnx)."),
+    data: Optional[Path] = typer.Option(None, exists=True,
+                                        help="Rows for the post-export check (default: the "
+                                        "run's data)."),
+    fp16_io: bool = typer.Option(False, "--fp16-io", help="FP16 graph inputs and outputs."),
+    from_onnx: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
+                                             help="fp16/int8: transform this FP32 export of the "
+                                             "same checkpoint instead of exporting again."),
+    calibration: Optional[Path] = typer.Option(None, exists=True,
+                                               help="INT8: calibration dataset or manifest."),
+    calib_samples: int = typer.Option(256, min=1, help="INT8: calibration rows."),
+    calib_method: CalibChoice = typer.Option(CalibChoice.minmax),
+    target: TargetChoice = typer.Option(TargetChoice.tensorrt, help="INT8: QDQ flavour."),
+    which: str = typer.Option("best", help="best or last weights."),
+) -> None:
+    """Export a checkpoint to ONNX (FP32, FP16 or INT8 QDQ), checked against PyTorch."""
+    from toolkit import config as C
+    from toolkit.export.pipeline import default_out, export
+
+    prec = C.Precision(precision.value)
+    int8 = None
+    if prec is C.Precision.int8:
+        if calibration is None:
+            raise ToolkitError("--precision int8 needs --calibration DATA (a dataset folder or "
+                               "manifest)")
+        int8 = C.Int8Config(calibration=str(calibration), samples=calib_samples,
+                            method=C.CalibMethod(calib_method.value),
+                            target=C.Int8Target(target.value))
+    out = out or default_out(prec, target.value)
+    cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=prec, which=which,
+                         data=str(data) if data else None, fp16_io=fp16_io, int8=int8,
+                         fp32_source=str(from_onnx) if from_onnx else None)
+    result = export(cfg, log=console.print)
+    console.print(result.comparison.report())
+    size = result.path.stat().st_size / 2**20
+    console.print(f"wrote {result.path} ({size:.1f} MiB) in {result.seconds:.1f} s")
+
+
+@app.command()
+@friendly
+def parity(
+    reference: Path = typer.Option(..., exists=True, file_okay=False,
+                                   help="Run directory (runs/<name>)."),
+    candidate: Path = typer.Option(..., exists=True, dir_okay=False, help="An exported .onnx."),
+    data: Optional[Path] = typer.Option(None, exists=True,
+                                        help="Dataset (default: the run's data)."),
+    split: str = typer.Option("val", help="Split inside a dataset folder."),
+    samples: Optional[int] = typer.Option(None, min=1, help="First N rows (default: all)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the evidence here."),
+) -> None:
+    """Compare an exported model with PyTorch; exit 1 when its precision's tolerance is exceeded."""
+    from toolkit.config import ParityConfig
+    from toolkit.parity import parity as run_parity
+
+    cfg = ParityConfig(reference=str(reference), candidate=str(candidate),
+                       data=str(data) if data else None, split=split, samples=samples)
+    result = run_parity(cfg)
+    console.print(result.report())
+    if json_out:
+        from toolkit.artifacts import write_json
+
+        write_json(json_out, result.to_dict())
+    if not result.passed:
+        raise typer.Exit(1)
+
+
 # ---- TensorRT build and inspect (issue 4)
 
 

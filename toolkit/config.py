@@ -204,3 +204,102 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
             v = tuple(v)
         kwargs[k] = v
     return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- export and parity
+
+
+class Precision(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+
+
+class Int8Target(str, enum.Enum):
+    # Explicit QDQ that TensorRT's strongly typed builder accepts: signed int8, every zero point 0.
+    tensorrt = "tensorrt"
+    # The fastest QDQ graph for ONNX Runtime's CPU kernels: uint8 asymmetric activations, int8
+    # weights (U8S8). Measured in bench/export.md; symmetric S8S8 QDQ was slower than FP32.
+    cpu = "cpu"
+
+
+class CalibMethod(str, enum.Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+@dataclass(frozen=True)
+class Int8Config:
+    calibration: str  # a dataset folder or manifest file; rows feed the shared preprocessing
+    split: str = "train"  # calibrate on training rows; parity measures on the held-out split
+    samples: int = 256
+    method: CalibMethod = CalibMethod.minmax
+    target: Int8Target = Int8Target.tensorrt
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.samples < 1:
+            raise ConfigError(f"calib samples must be >= 1, got {self.samples}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: str  # runs/<name>
+    out: str  # the .onnx file to write
+    precision: Precision = Precision.fp32
+    which: str = "best"
+    # Real rows for the post-export check (None: the run's own training data, if still there).
+    data: str | None = None
+    opset: int = 20
+    fp16_io: bool = False  # fp16 only: FP16 graph inputs/outputs instead of FP32
+    int8: Int8Config | None = None
+    # fp16/int8: transform this FP32 export (of the same weights) instead of exporting again.
+    fp32_source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.opset < 17:
+            raise ConfigError(f"opset {self.opset} is too old; use 17 or newer (LayerNormalization "
+                              "is one op from opset 17)")
+        if self.precision is Precision.int8 and self.int8 is None:
+            raise ConfigError("INT8 export needs calibration data; pass --calibration DATA")
+        if self.fp16_io and self.precision is not Precision.fp16:
+            raise ConfigError("--fp16-io only applies to --precision fp16")
+        if self.fp32_source and self.precision is Precision.fp32:
+            raise ConfigError("--from-onnx only applies to --precision fp16 or int8")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """What a candidate must meet against the reference; None = not checked."""
+
+    max_abs: float | None = None  # on every output element
+    min_cosine: float | None = None  # per row (sample), the worst row
+    min_top1: float | None = None  # share of rows whose argmax agrees
+    max_accuracy_drop: float | None = None  # reference accuracy - candidate accuracy (0..1)
+
+
+# Per precision, on logits (bench/export.md). fp32: the exporter's rounding only (measured <= 1.4e-6).
+# fp16: measured max abs 2.5e-4 (seed, untrained), 3e-4 (tiny), 5.9e-4 (small, logits up to 5.3)
+# on ONNX Runtime CPU: the bound leaves about 8x room. int8 is judged by what matters for a
+# classifier (decisions, held-out accuracy), not by elementwise error.
+TOLERANCES: dict[Precision, Tolerance] = {
+    Precision.fp32: Tolerance(max_abs=1e-4, min_cosine=0.99999),
+    Precision.fp16: Tolerance(max_abs=5e-3, min_cosine=0.9999),
+    Precision.int8: Tolerance(min_top1=0.99, max_accuracy_drop=0.01),
+}
+
+
+@dataclass(frozen=True)
+class ParityConfig:
+    reference: str  # runs/<name>: the PyTorch model
+    candidate: str  # an exported .onnx
+    data: str | None = None  # dataset folder or manifest (None: the run's training data)
+    split: str = "val"  # held out
+    samples: int | None = None  # first N rows of the split; None = all
+    batch_size: int = 32
+    which: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.samples is not None and self.samples < 1:
+            raise ConfigError(f"samples must be >= 1, got {self.samples}")

@@ -3,8 +3,8 @@
 Skipped, with the reason, wherever `import tensorrt` fails or no GPU is visible (this machine, CI).
 The ONNX models are exported here with torch.onnx.export from a randomly initialised tiny model
 carrying the toolkit's metadata record; FP16 is the model exported in half precision (the graph
-carries the precision; the network is strongly typed). INT8 needs the QDQ export of issue 3
-(`toolkit export --precision int8`) and is skipped until that module exists.
+carries the precision; the network is strongly typed). INT8 is the QDQ export of the session's tiny
+run (`tiny_int8`, from `toolkit.export`).
 """
 
 from __future__ import annotations
@@ -183,7 +183,19 @@ def test_an_operator_tensorrt_cannot_parse_is_named(trt_gpu, tmp_path):
     assert not (tmp_path / "bad.plan").exists()
 
 
-@pytest.mark.skip(reason="INT8 needs the QDQ export of issue 3 (toolkit export --precision int8), "
-                         "not on this branch yet")
-def test_int8_engine():
-    pass
+def test_int8_engine_agrees_with_onnx_runtime_on_the_same_qdq_graph(trt_gpu, tiny_int8, tmp_path):
+    """The QDQ graph of `toolkit export --precision int8 --target tensorrt`, built by TensorRT (the
+    precision comes from the graph), gives the classes ONNX Runtime gives for that graph."""
+    from toolkit.compare import compare
+    from toolkit.config import Tolerance
+    from toolkit.engines.tensorrt import BuildConfig, build_engine
+    from toolkit.runtime.ort_runner import OnnxRuntimeRunner
+    from toolkit.runtime.trt_runner import TensorRTRunner
+
+    cfg = BuildConfig(onnx=str(tiny_int8.path), out=str(tmp_path / "int8.plan"),
+                      profile=ProfileConfig(max_batch=8, opt_batch=4), workspace_mb=512)
+    plan = build_engine(cfg, log=lambda *_: None)
+    x = feed(8, 12, vocab=100)
+    with OnnxRuntimeRunner(tiny_int8.path) as ort, TensorRTRunner(plan) as engine:
+        result = compare(ort.infer(x), engine.infer(x), Tolerance(min_cosine=0.99))
+    assert result.passed, result.report()

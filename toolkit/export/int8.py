@@ -1,0 +1,144 @@
+"""FP32 ONNX -> INT8 QDQ ONNX with ONNX Runtime's static quantization, for two targets.
+
+API and options from onnxruntime.quantization.quantize_static's docstring and ORT's quantization
+page (onnxruntime.ai/docs/performance/model-optimizations/quantization.html; summarized in
+shared/reference/export-quant.md section 2): "If model is targeted to GPU/TRT, symmetric activation
+and weight are required. If model is targeted to CPU, asymmetric activation and symmetric weight
+are recommended."
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from toolkit.config import CalibMethod, Int8Target
+from toolkit.export.graph import ExportError
+
+# Only the ops that carry the arithmetic: their inputs get QuantizeLinear/DequantizeLinear. Softmax,
+# LayerNormalization, Gelu and the reductions stay in float, which TensorRT's explicit quantization
+# expects (it fuses Q/DQ into the convolutions and matrix products).
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    activation: str  # QuantType name
+    weight: str
+    activation_symmetric: bool
+    per_channel: bool
+    extra: tuple = ()
+    ops: tuple = QUANTIZED_OPS
+
+
+RECIPES = {
+    # Signed int8, zero point 0 everywhere, weights per output channel, activations per tensor.
+    # Weights are stored int8 with a DequantizeLinear (not an FP32 Q/DQ pair) to keep the file
+    # at about a quarter of FP32; TensorRT's explicit quantization accepts quantized constant
+    # weights followed by DequantizeLinear.
+    # Outputs of the quantized ops stay float: otherwise ORT puts Q/DQ on the attention scores
+    # right before Softmax, and TensorRT keeps Softmax in float.
+    Int8Target.tensorrt: Recipe("QInt8", "QInt8", True, True,
+                                # Bias stays float: TensorRT has no int32 bias dequantization.
+                                (("DedicatedQDQPair", True), ("QuantizeBias", False),
+                                 ("OpTypesToExcludeOutputQuantization", list(QUANTIZED_OPS)))),
+    # U8S8: uint8 asymmetric activations, int8 symmetric weights per channel; ORT's x86 kernels
+    # (VNNI/AVX2 u8*s8) are built for it. Measured in bench/export.md against S8S8.
+    # Gather too: BERT's word embedding table is a sixth of the seed model's weights, and left in
+    # FP32 it keeps the file at 39% of FP32 instead of about a quarter. (Not for `tensorrt`: a
+    # DequantizeLinear feeding a Gather is not one of TensorRT's documented Q/DQ fusions.)
+    Int8Target.cpu: Recipe("QUInt8", "QInt8", False, True, ops=QUANTIZED_OPS + ("Gather",)),
+}
+
+
+class Reader:
+    """onnxruntime.quantization.CalibrationDataReader over preprocessed batches."""
+
+    def __init__(self, batches: Iterator[dict[str, np.ndarray]]):
+        self._it = iter(batches)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def __iter__(self):  # CalibrationDataReader's protocol also allows iteration
+        return self
+
+    def __next__(self):
+        item = self.get_next()
+        if item is None:
+            raise StopIteration
+        return item
+
+
+def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]],
+             target: Int8Target, method: CalibMethod) -> None:
+    """Write the QDQ model for `target` to `out_path`, calibrated on `batches`."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class _Reader(Reader, CalibrationDataReader):
+        pass
+
+    recipe = RECIPES[target]
+    extra = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True,
+             # BERT's linears are MatMul with the weight as input 1: its output axis is 1.
+             "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, **dict(recipe.extra)}
+    calib = {CalibMethod.minmax: CalibrationMethod.MinMax,
+             CalibMethod.entropy: CalibrationMethod.Entropy,
+             CalibMethod.percentile: CalibrationMethod.Percentile}[method]
+    try:
+        quantize_static(str(fp32_path), str(out_path), _Reader(batches),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.ops),
+                        per_channel=recipe.per_channel, reduce_range=False,
+                        activation_type=getattr(QuantType, recipe.activation),
+                        weight_type=getattr(QuantType, recipe.weight), calibrate_method=calib,
+                        calibration_providers=["CPUExecutionProvider"], extra_options=extra)
+    except Exception as e:
+        raise ExportError(f"INT8 quantization of {fp32_path} failed: {type(e).__name__}: "
+                          f"{str(e)[:400]}") from e
+
+
+def check_qdq(model, target: Int8Target) -> dict:
+    """The structural check every INT8 export passes: each Conv/MatMul/Gemm weight comes through a
+    DequantizeLinear, Softmax is not quantized, and for `tensorrt` every zero point is int8 0."""
+    from onnx import TensorProto, numpy_helper
+
+    g = model.graph
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    # Weights stored quantized: an int8 initializer read by a DequantizeLinear.
+    weights = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]].data_type == TensorProto.INT8]
+    missing = [n.name for n in g.node if n.op_type in QUANTIZED_OPS
+               and not any(producer.get(x) is not None
+                           and producer[x].op_type == "DequantizeLinear" for x in n.input[:2])]
+    if missing or not weights:
+        raise ExportError(f"INT8 graph: {len(missing)} Conv/MatMul/Gemm node(s) have no "
+                          f"DequantizeLinear input, e.g. {missing[:3]}; quantization did not "
+                          "cover the model")
+    soft = [n.name for n in g.node if n.op_type == "Softmax"
+            and producer.get(n.input[0]) is not None
+            and producer[n.input[0]].op_type == "DequantizeLinear"]
+    if soft and target is Int8Target.tensorrt:
+        raise ExportError(f"INT8 graph quantizes Softmax input(s) {soft[:3]}; TensorRT keeps "
+                          "Softmax in float")
+    zps = []
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2:
+            zp = inits.get(n.input[2])
+            if zp is not None:
+                zps.append(zp)
+    if target is Int8Target.tensorrt:
+        bad = [z.name for z in zps if z.data_type != TensorProto.INT8
+               or np.any(numpy_helper.to_array(z) != 0)]
+        if bad:
+            raise ExportError(f"INT8 (tensorrt) graph has {len(bad)} zero point(s) that are not "
+                              f"int8 0, e.g. {bad[:3]}; TensorRT accepts symmetric QDQ only")
+    return {"quantize_linear": sum(n.op_type == "QuantizeLinear" for n in g.node),
+            "dequantize_linear": sum(n.op_type == "DequantizeLinear" for n in g.node),
+            "quantized_ops": sum(n.op_type in QUANTIZED_OPS for n in g.node),
+            "int8_weights": len(weights),
+            "zero_points": len(zps)}

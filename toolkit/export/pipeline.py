@@ -1,0 +1,170 @@
+"""`export(ExportConfig)`: checkpoint -> FP32 ONNX -> (FP16 | INT8) ONNX, each step checked.
+
+PyTorch is exported once, in FP32; FP16 and INT8 are ONNX-to-ONNX transforms of that graph
+(DESIGN.md principle 1). Every written file carries ArtifactMetadata, passes onnx.checker, and is
+compared with PyTorch on real rows before it is renamed into place: on any failure nothing is left
+at the output path.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from toolkit import __version__
+from toolkit.artifacts import ArtifactMetadata, atomic_path, sha256
+from toolkit.compare import Comparison, compare
+from toolkit.config import TOLERANCES, ExportConfig, Precision, to_dict
+from toolkit.export import graph, samples
+from toolkit.export.graph import ExportError
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    precision: Precision
+    seconds: float
+    comparison: Comparison
+    checks: dict = field(default_factory=dict)
+
+
+def default_out(precision: Precision, target: str | None = None) -> Path:
+    suffix = {Precision.fp32: "", Precision.fp16: ".fp16", Precision.int8: ".int8"}[precision]
+    if precision is Precision.int8 and target == "cpu":
+        suffix = ".int8-cpu"
+    return Path("export") / f"model{suffix}.onnx"
+
+
+def _metadata(ck, precision: Precision, extra: dict) -> ArtifactMetadata:
+    return ArtifactMetadata(labels=list(ck.labels), image_size=ck.config.image_size,
+                            mean=list(ck.config.mean), std=list(ck.config.std),
+                            vocab=list(ck.tokenizer.vocab), max_length=ck.config.text.max_length,
+                            precision=precision.value, source_sha256=sha256(ck.weights),
+                            toolkit_version=__version__, model_config=to_dict(ck.config),
+                            extra=extra)
+
+
+def check_against_torch(ck, path: Path, feeds: list[dict[str, np.ndarray]], tolerance,
+                        labels: np.ndarray | None = None) -> Comparison:
+    """Run `path` in ONNX Runtime (CPU) and the checkpoint in PyTorch on the same feeds; the logits
+    of all feeds (several batch sizes and lengths) are compared together."""
+    from toolkit.export.onnx import torch_outputs
+    from toolkit.runtime.ort_runner import OnnxRuntimeRunner
+
+    ref, cand = [], []
+    with OnnxRuntimeRunner(path) as runner:
+        dtype = runner.input_specs()["image"].dtype  # FP16 I/O graphs take FP16 images
+        for feed in feeds:
+            ref.append(torch_outputs(ck, feed)["logits"])
+            out = runner.infer({**feed, "image": feed["image"].astype(dtype)})
+            cand.append(out["logits"].astype(np.float32))
+    return compare({"logits": np.concatenate(ref)}, {"logits": np.concatenate(cand)},
+                   tolerance, labels)
+
+
+def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
+    from toolkit.checkpoint import load_checkpoint
+
+    t0 = time.perf_counter()
+    ck = load_checkpoint(cfg.checkpoint, cfg.which)
+    data = cfg.data or samples.run_data(ck.path)
+    rows = samples.load_rows(ck, data, "val") if data else None
+    feeds = samples.check_batches(ck, rows)
+    out = Path(cfg.out)
+    if out.suffix != ".onnx":
+        raise ExportError(f"output {out} must end in .onnx")
+    # Calibration rows are read first: too few of them fails before minutes of exporting.
+    calib = _calibration(ck, cfg) if cfg.precision is Precision.int8 else None
+
+    checks: dict = {}
+    if cfg.fp32_source:  # PyTorch was exported before: transform that graph
+        fp32_path, owned = reuse_fp32(ck, Path(cfg.fp32_source)), False
+        extra = graph.get_metadata(graph.load(fp32_path), str(fp32_path)).extra
+        log(f"transforming {fp32_path} (FP32, same weights as {ck.weights})")
+    else:
+        fp32_path = out if cfg.precision is Precision.fp32 else graph.tmp_sibling(out, "fp32")
+        owned = fp32_path != out
+        extra, cmp = _export_fp32(ck, cfg, fp32_path, feeds, rows is not None, log)
+    try:
+        if cfg.precision is Precision.fp16:
+            cmp, checks = _fp16(ck, cfg, fp32_path, out, feeds, extra)
+        elif cfg.precision is Precision.int8:
+            cmp, checks = _int8(ck, cfg, fp32_path, out, feeds, extra, calib, log)
+    finally:
+        if owned and fp32_path.exists():
+            fp32_path.unlink()
+    return ExportResult(out, cfg.precision, time.perf_counter() - t0, cmp, checks)
+
+
+def _export_fp32(ck, cfg: ExportConfig, fp32_path: Path, feeds, real_rows: bool, log):
+    """PyTorch -> FP32 ONNX at `fp32_path`, checked against PyTorch before it is renamed there."""
+    from toolkit.export import onnx as torch_onnx
+
+    log(f"exporting {ck.path} to ONNX (torch.onnx dynamo, opset {cfg.opset})")
+    model = torch_onnx.to_onnx(ck, cfg.opset)
+    extra = {"exporter": "torch.onnx dynamo", "opset": cfg.opset,
+             "checked_on": "dataset rows" if real_rows else "generated inputs"}
+    graph.set_metadata(model, _metadata(ck, Precision.fp32, extra))
+    with atomic_path(fp32_path) as tmp:  # nothing at fp32_path unless the check passes
+        graph.save(model, tmp)
+        cmp = check_against_torch(ck, tmp, feeds, TOLERANCES[Precision.fp32])
+        cmp.raise_if_failed(f"FP32 ONNX export of {ck.path}")
+    log(f"FP32 vs PyTorch: {cmp.report()}")
+    return extra, cmp
+
+
+def reuse_fp32(ck, path: Path) -> Path:
+    """An existing FP32 export, if it was made from exactly these weights."""
+    meta = graph.get_metadata(graph.load(path), str(path))
+    if meta.precision != Precision.fp32.value:
+        raise ExportError(f"{path} is a {meta.precision} model; --from-onnx needs the FP32 export")
+    if meta.source_sha256 != sha256(ck.weights):
+        raise ExportError(f"{path} was exported from other weights than {ck.weights}; export "
+                          "FP32 again or drop --from-onnx")
+    return path
+
+
+def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra):
+    from toolkit.export import fp16
+
+    model = fp16.convert(graph.load(fp32_path), fp16_io=cfg.fp16_io)
+    checks = fp16.check_fp16(model)
+    graph.set_metadata(model, _metadata(ck, Precision.fp16,
+                                        {**extra, "fp16_io": cfg.fp16_io, **checks}))
+    with atomic_path(out) as tmp:
+        graph.save(model, tmp)
+        cmp = check_against_torch(ck, tmp, feeds, TOLERANCES[Precision.fp16])
+        cmp.raise_if_failed(f"FP16 ONNX export of {ck.path}")
+    return cmp, checks
+
+
+def _calibration(ck, cfg: ExportConfig) -> list[dict[str, np.ndarray]]:
+    q = cfg.int8
+    rows = samples.load_rows(ck, q.calibration, q.split)
+    # Equal batches (see calibration_batches): the largest divisor of samples up to batch_size.
+    size = max(d for d in range(1, q.batch_size + 1) if q.samples % d == 0)
+    return list(samples.calibration_batches(ck, rows, q.samples, size))
+
+
+def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batches, log):
+    from toolkit.config import Tolerance
+    from toolkit.export import int8
+
+    q = cfg.int8
+    log(f"calibrating on {q.samples} rows ({q.method.value}), target {q.target.value}")
+    with atomic_path(out) as tmp:
+        int8.quantize(fp32_path, tmp, batches, q.target, q.method)
+        model = graph.load(tmp)
+        checks = int8.check_qdq(model, q.target)
+        graph.set_metadata(model, _metadata(ck, Precision.int8, {
+            **extra, "target": q.target.value, "calib_method": q.method.value,
+            "calib_samples": q.samples, **checks}))
+        graph.save(model, tmp)
+        # INT8 is judged on decisions and held-out accuracy by `toolkit parity` (the tolerance
+        # table); here only a broken graph (NaN, inf) fails the export, and the numbers are logged.
+        cmp = check_against_torch(ck, tmp, feeds, Tolerance())
+        cmp.raise_if_failed(f"INT8 ONNX export of {ck.path}")
+    return cmp, checks
