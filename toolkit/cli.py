@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from toolkit.config import Device
+from toolkit.config import CalibMethod, Device, HardwareCompat, Int8Target, Precision
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -150,29 +150,12 @@ def eval_(
 # ---- export and parity (issue 3)
 
 
-class PrecisionChoice(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-class TargetChoice(str, Enum):
-    tensorrt = "tensorrt"
-    cpu = "cpu"
-
-
-class CalibChoice(str, Enum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
-
-
 @app.command("export")
 @friendly
 def export_(
     checkpoint: Path = typer.Option(..., exists=True, file_okay=False,
                                     help="Run directory (runs/<name>)."),
-    precision: PrecisionChoice = typer.Option(PrecisionChoice.fp32),
+    precision: Precision = typer.Option(Precision.fp32),
     out: Optional[Path] = typer.Option(None, help="Output .onnx (default: export/model.onnx, "
                                        "export/model.fp16.onnx, export/model.int8.onnx)."),
     data: Optional[Path] = typer.Option(None, exists=True,
@@ -185,23 +168,23 @@ def export_(
     calibration: Optional[Path] = typer.Option(None, exists=True,
                                                help="INT8: calibration dataset or manifest."),
     calib_samples: int = typer.Option(256, min=1, help="INT8: calibration rows."),
-    calib_method: CalibChoice = typer.Option(CalibChoice.minmax),
-    target: TargetChoice = typer.Option(TargetChoice.tensorrt, help="INT8: QDQ flavour."),
+    calib_method: CalibMethod = typer.Option(CalibMethod.minmax),
+    target: Int8Target = typer.Option(Int8Target.tensorrt, help="INT8: QDQ flavour."),
     which: str = typer.Option("best", help="best or last weights."),
 ) -> None:
     """Export a checkpoint to ONNX (FP32, FP16 or INT8 QDQ), checked against PyTorch."""
     from toolkit import config as C
     from toolkit.export.pipeline import default_out, export
 
-    prec = C.Precision(precision.value)
+    prec = precision
     int8 = None
     if prec is C.Precision.int8:
         if calibration is None:
             raise ToolkitError("--precision int8 needs --calibration DATA (a dataset folder or "
                                "manifest)")
         int8 = C.Int8Config(calibration=str(calibration), samples=calib_samples,
-                            method=C.CalibMethod(calib_method.value),
-                            target=C.Int8Target(target.value))
+                            method=calib_method,
+                            target=target)
     out = out or default_out(prec, target.value)
     cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=prec, which=which,
                          data=str(data) if data else None, fp16_io=fp16_io, int8=int8,
@@ -243,12 +226,6 @@ def parity(
 # ---- TensorRT build and inspect (issue 4)
 
 
-class HardwareCompatOption(str, Enum):
-    none = "none"
-    ampere_plus = "ampere_plus"
-    same_compute_capability = "same_compute_capability"
-
-
 @app.command()
 @friendly
 def build(
@@ -266,14 +243,14 @@ def build(
     timing_cache: Optional[Path] = typer.Option(None, help="Timing cache reused across builds."),
     version_compatible: bool = typer.Option(False, "--version-compatible",
                                             help="Runnable by later TensorRT releases."),
-    hardware_compat: HardwareCompatOption = typer.Option(HardwareCompatOption.none,
+    hardware_compat: HardwareCompat = typer.Option(HardwareCompat.none,
                                                          help="Which GPUs may run the plan."),
     dla_core: Optional[int] = typer.Option(None, min=0,
                                            help="Build for this DLA core (TensorRT 10, Jetson)."),
     trt_verbose: bool = typer.Option(False, "--trt-verbose", help="TensorRT's verbose log."),
 ) -> None:
     """Build a TensorRT engine (strongly typed) for this GPU from an exported ONNX model."""
-    from toolkit.engines.tensorrt import BuildConfig, HardwareCompat, ProfileConfig, build_engine
+    from toolkit.engines.tensorrt import BuildConfig, ProfileConfig, build_engine
 
     cfg = BuildConfig(
         onnx=str(onnx), out=str(out),
@@ -282,7 +259,7 @@ def build(
         workspace_mb=workspace_mb, opt_level=opt_level,
         timing_cache=str(timing_cache) if timing_cache else None,
         version_compatible=version_compatible,
-        hardware_compat=HardwareCompat(hardware_compat.value), dla_core=dla_core,
+        hardware_compat=hardware_compat, dla_core=dla_core,
         verbose=trt_verbose)
     path = build_engine(cfg, log=console.print)
     console.print(f"wrote {path} and {path.name}.json")

@@ -223,6 +223,14 @@ class Int8Target(str, enum.Enum):
     cpu = "cpu"
 
 
+class HardwareCompat(str, enum.Enum):
+    """Which GPUs a TensorRT plan may run on (TensorRT's HardwareCompatibilityLevel)."""
+
+    none = "none"  # the compute capability it was built on; fastest
+    ampere_plus = "ampere_plus"  # any Ampere or newer GPU; fewer tactics, slower
+    same_compute_capability = "same_compute_capability"  # TensorRT 11 only (10.3 lacks it)
+
+
 class CalibMethod(str, enum.Enum):
     minmax = "minmax"
     entropy = "entropy"

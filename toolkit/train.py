@@ -21,8 +21,8 @@ from torch import nn
 
 from toolkit.artifacts import atomic_path, write_json
 from toolkit.checkpoint import CheckpointError, read_config, save_weights, write_run_files
-from toolkit.config import Device, ModelConfig, TrainConfig, to_dict
-from toolkit.data.manifest import Split, dataset_labels, load_split, read_manifest, resolve_manifest
+from toolkit.config import Device, TrainConfig, to_dict
+from toolkit.data.manifest import dataset_labels, load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.errors import ToolkitError
 from toolkit.evaluate import evaluate, to_torch
@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                   for s in ("train", "val"))
     if ddp.main:
         priors = majority_baseline(val_split.labels, val_split.question_types, len(labels))
-        log(f"answer priors (majority class per question type, held-out): "
+        log("answer priors (majority class per question type, held-out): "
             + ", ".join(f"{k} {v:.1%}" for k, v in priors.items()))
 
     model = DualModalNet(mcfg).to(device)

@@ -14,7 +14,7 @@ from toolkit.cli import app
 from toolkit.engines import tensorrt as E
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import GpuInfo
-from toolkit.runtime.trt_plan import (PlanError, ProfileConfig, TensorRTUnavailable,
+from toolkit.runtime.trt_plan import (ProfileConfig, TensorRTUnavailable,
                                       profile_shapes, write_sidecar)
 
 META = ArtifactMetadata(labels=["yes", "no"], image_size=32, mean=[0.5] * 3, std=[0.25] * 3,

@@ -7,8 +7,6 @@ from toolkit.config import ExportConfig, Int8Config, Int8Target, Precision
 
 
 def _zero_points(model):
-    from onnx import numpy_helper
-
     inits = {t.name: t for t in model.graph.initializer}
     return [inits[n.input[2]] for n in model.graph.node
             if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]

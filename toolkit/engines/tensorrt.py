@@ -15,7 +15,6 @@ the methods called on them too.
 
 from __future__ import annotations
 
-import enum
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, atomic_path
+from toolkit.config import HardwareCompat
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import device_info
 from toolkit.runtime.trt_plan import (ProfileConfig, check_compatibility, check_plan_file,
@@ -37,14 +37,6 @@ __all__ = ["BuildConfig", "EngineBuildError", "HardwareCompat", "ProfileConfig",
 
 class EngineBuildError(ToolkitError):
     """TensorRT could not parse the ONNX model or build the engine."""
-
-
-class HardwareCompat(str, enum.Enum):
-    """Which GPUs the plan may run on (TensorRT's HardwareCompatibilityLevel)."""
-
-    none = "none"  # the compute capability it was built on; fastest
-    ampere_plus = "ampere_plus"  # any Ampere or newer GPU; fewer tactics, slower
-    same_compute_capability = "same_compute_capability"  # TensorRT 11 here (10.3 lacks it)
 
 
 @dataclass(frozen=True)
@@ -287,7 +279,7 @@ def format_inspection(result: dict) -> str:
              f"(compute capability {s['gpu']['compute_capability']})",
              f"precision (from the graph): {s['precision']}",
              f"source ONNX: {s['source_onnx']} (sha256 {s['source_onnx_sha256'][:12]})",
-             f"build: " + ", ".join(f"{k}={v}" for k, v in s.get("build", {}).items())]
+             "build: " + ", ".join(f"{k}={v}" for k, v in s.get("build", {}).items())]
     for i, prof in enumerate(s["profiles"]):
         lines.append(f"profile {i}:")
         for name, sh in prof.items():
