@@ -102,3 +102,23 @@ def test_cli_parity_on_a_file_that_is_not_onnx(tiny_run, tmp_path):
     bad.write_bytes(b"\x00garbage")
     r = _run("parity", "--reference", tiny_run, "--candidate", bad)
     assert r.exit_code == 1 and "bad.onnx is not a loadable ONNX model" in r.output
+
+
+def test_cli_export_format_engine_builds_a_plan_or_names_what_is_missing(tiny_run, tiny_data,
+                                                                        tmp_path):
+    from toolkit.errors import ToolkitError
+    from toolkit.runtime.trt_plan import import_tensorrt
+
+    try:
+        import_tensorrt()
+        have_trt = True
+    except ToolkitError:
+        have_trt = False
+    out, plan = tmp_path / "m.onnx", tmp_path / "m.plan"
+    r = _run("export", "--checkpoint", tiny_run, "--out", out, "--data", tiny_data,
+             "--format", "engine", "--engine-out", plan)
+    assert out.is_file()  # the ONNX export stands on its own
+    if have_trt:
+        assert r.exit_code == 0 and plan.is_file(), r.output
+    else:
+        assert r.exit_code == 1 and "TensorRT" in r.output and not plan.exists(), r.output

@@ -11,7 +11,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from toolkit.config import CalibMethod, Device, HardwareCompat, Int8Target, Precision
+from toolkit.config import (ArtifactFormat, CalibMethod, Device, HardwareCompat, Int8Target,
+                            Precision)
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -171,28 +172,36 @@ def export_(
     calib_method: CalibMethod = typer.Option(CalibMethod.minmax),
     target: Int8Target = typer.Option(Int8Target.tensorrt, help="INT8: QDQ flavour."),
     which: str = typer.Option("best", help="best or last weights."),
+    format: ArtifactFormat = typer.Option(ArtifactFormat.onnx,
+                                          help="engine: also build a TensorRT plan from the "
+                                          "export (default build options; see toolkit build)."),
+    engine_out: Path = typer.Option(Path("engines/model.plan"), help="With --format engine."),
 ) -> None:
     """Export a checkpoint to ONNX (FP32, FP16 or INT8 QDQ), checked against PyTorch."""
     from toolkit import config as C
     from toolkit.export.pipeline import default_out, export
 
-    prec = precision
     int8 = None
-    if prec is C.Precision.int8:
+    if precision is C.Precision.int8:
         if calibration is None:
             raise ToolkitError("--precision int8 needs --calibration DATA (a dataset folder or "
                                "manifest)")
         int8 = C.Int8Config(calibration=str(calibration), samples=calib_samples,
-                            method=calib_method,
-                            target=target)
-    out = out or default_out(prec, target.value)
-    cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=prec, which=which,
+                            method=calib_method, target=target)
+    out = out or default_out(precision, target.value)
+    cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=precision, which=which,
                          data=str(data) if data else None, fp16_io=fp16_io, int8=int8,
                          fp32_source=str(from_onnx) if from_onnx else None)
     result = export(cfg, log=console.print)
     console.print(result.comparison.report())
     size = result.path.stat().st_size / 2**20
     console.print(f"wrote {result.path} ({size:.1f} MiB) in {result.seconds:.1f} s")
+    if format is ArtifactFormat.engine:
+        from toolkit.engines.tensorrt import BuildConfig, build_engine
+
+        plan = build_engine(BuildConfig(onnx=str(result.path), out=str(engine_out)),
+                            log=console.print)
+        console.print(f"wrote {plan} and {plan.name}.json")
 
 
 @app.command()

@@ -223,6 +223,11 @@ class Int8Target(str, enum.Enum):
     cpu = "cpu"
 
 
+class ArtifactFormat(str, enum.Enum):
+    onnx = "onnx"
+    engine = "engine"  # ONNX, then a TensorRT plan built from it
+
+
 class HardwareCompat(str, enum.Enum):
     """Which GPUs a TensorRT plan may run on (TensorRT's HardwareCompatibilityLevel)."""
 
