@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.artifacts import ArtifactMetadata
+from toolkit.config import Device
 from toolkit.data.preprocess import ImageInput, Tokenizer, load_image, normalize
 from toolkit.errors import ToolkitError
 from toolkit.runtime.base import Runner
@@ -47,11 +48,6 @@ class Backend(str, enum.Enum):
     torch = "torch"
     onnxruntime = "onnxruntime"
     tensorrt = "tensorrt"
-
-
-class Device(str, enum.Enum):
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 # Suffix -> backend; a directory is a run (torch).
@@ -119,7 +115,8 @@ class Predictor:
              threads: int | None = None) -> "Predictor":
         """Load a run directory (torch), an .onnx (onnxruntime) or a .plan (tensorrt).
 
-        device: cpu (default; plans: cuda). providers: ONNX Runtime execution providers, overriding
+        device: cpu, cuda or auto (the default: cuda where the backend has it, else cpu; a plan
+        always cuda). providers: ONNX Runtime execution providers, overriding
         the device's (e.g. ["TensorrtExecutionProvider", "CUDAExecutionProvider"]).
         """
         path = Path(path)
@@ -127,12 +124,12 @@ class Predictor:
         backend = Backend(backend) if backend is not None else inferred
         if backend is not Backend.torch and path.is_dir():
             raise PredictorError(f"{path} is a directory; backend {backend.value} loads a file")
-        if device is None:
-            device = Device.cuda if backend is Backend.tensorrt else Device.cpu
         try:
-            device = Device(device)
+            device = Device(device if device is not None else Device.auto)
         except ValueError:
-            raise PredictorError(f"unknown device {device!r}; use cpu or cuda") from None
+            raise PredictorError(f"unknown device {device!r}; use cpu, cuda or auto") from None
+        if device is Device.auto:
+            device = _auto_device(backend)
         loader = {Backend.onnxruntime: _load_onnx, Backend.tensorrt: _load_plan,
                   Backend.torch: _load_run}[backend]
         return loader(cls, path, device, providers, threads)
@@ -211,6 +208,19 @@ def _is_sequence(x) -> bool:
 
 
 # ------------------------------------------------------------------ one loader per backend
+
+
+def _auto_device(backend: Backend) -> Device:
+    if backend is Backend.tensorrt:
+        return Device.cuda
+    if backend is Backend.onnxruntime:
+        import onnxruntime as ort
+
+        return Device.cuda if "CUDAExecutionProvider" in ort.get_available_providers() \
+            else Device.cpu
+    import torch
+
+    return Device.cuda if torch.cuda.is_available() else Device.cpu
 
 
 def _load_onnx(cls, path: Path, device: Device, providers, threads) -> Predictor:
@@ -301,4 +311,4 @@ def _json(obj) -> str:
     return json.dumps(obj)
 
 
-__all__ = ["Backend", "Device", "Prediction", "Predictor", "PredictorError", "softmax"]
+__all__ = ["Backend", "Prediction", "Predictor", "PredictorError", "softmax"]
