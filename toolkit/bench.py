@@ -308,10 +308,14 @@ def run_bench(cfg: BenchConfig, step: Callable[[str], None] = lambda _: None,
         if not Path(a.path).exists():
             raise BenchError(f"{a.path} does not exist; pass an existing --{a.kind.value}")
     rows: list[Row] = []
+    # Checkpoints already measured (as artifacts or references), by resolved path: a reference
+    # that is also an artifact is measured once.
     references: dict[str, list[Row]] = {}
     for a in cfg.artifacts:
         got, meta = _measure(a.kind, a.path, cfg, "candidate", step)
         rows += got
+        if a.kind is ArtifactKind.checkpoint:
+            references[str(Path(a.path).resolve())] = got
         if not cfg.compare or a.kind is ArtifactKind.checkpoint:
             continue
         ref = Path(cfg.reference) if cfg.reference else find_reference(meta.source_sha256,
@@ -320,14 +324,14 @@ def run_bench(cfg: BenchConfig, step: Callable[[str], None] = lambda _: None,
             log(f"no checkpoint with the weights of {a.path} found under ./runs; pass "
                 "--reference RUN to compare with PyTorch")
             continue
-        key = str(ref)
+        key = str(Path(ref).resolve())
         if key not in references:
             references[key], _ = _measure(ArtifactKind.checkpoint, key, cfg, "reference", step)
             rows += references[key]
         by_batch = {r.batch: r for r in references[key]}
         for r in got:
             base = by_batch[r.batch]
-            r.reference = key
+            r.reference = str(ref)
             r.speedup_vs_torch = {t: getattr(base, t)["mean_ms"] / getattr(r, t)["mean_ms"]
                                   for t in ("compute_only", "end_to_end")}
     return {"machine": machine_info(), "config": _config_json(cfg),
