@@ -216,3 +216,40 @@ def test_plan_predictor_matches_onnx(tiny_onnx, tiny_data, tmp_path, onnx_predic
             t.join(timeout=120)
         for r in results:
             np.testing.assert_array_equal(r, got.logits)
+
+
+def test_plan_path_imports_no_torch(tiny_onnx, tmp_path):
+    """Up to TensorRT itself, loading a plan reads only its sidecar: no torch, no transformers.
+    (Without TensorRT here the load ends in TensorRTUnavailable, a clear error.)"""
+    from toolkit.runtime.cuda_mem import GpuInfo
+    from toolkit.runtime.trt_plan import write_sidecar
+
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"\0" * 64)
+    meta = Predictor.load(tiny_onnx.path).metadata
+    profile = {"image": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [4, 3, 32, 32]}}
+    write_sidecar(plan, source_onnx=tiny_onnx.path, tensorrt_version="10.3.0",
+                  gpu=GpuInfo("fake", "9.0"), metadata=meta, build={}, profiles=[profile],
+                  inputs=[], outputs=[])
+    code = (
+        "import sys, json\n"
+        "from toolkit.runtime import Predictor\n"
+        "from toolkit.errors import ToolkitError\n"
+        "try:\n"
+        f"    Predictor.load({str(plan)!r})\n"
+        "    err = None\n"
+        "except ToolkitError as e:\n"
+        "    err = type(e).__name__\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'transformers', 'torchvision'))\n"
+        "print(json.dumps({'error': err, 'heavy': heavy}))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, env={"PYTHONPATH": str(REPO),
+                                                     "OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["heavy"] == []
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert got["error"] == "TensorRTUnavailable"
