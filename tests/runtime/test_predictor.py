@@ -98,6 +98,13 @@ def test_bad_paths_and_devices(tmp_path, tiny_onnx):
     odd.write_bytes(b"x")
     with pytest.raises(PredictorError, match="unknown extension"):
         Predictor.load(odd)
+    with pytest.raises(PredictorError, match="unknown backend"):
+        Predictor.load(tiny_onnx.path, backend="tflite")
+    import shutil
+
+    renamed = tmp_path / "renamed.weights"
+    shutil.copy(tiny_onnx.path, renamed)  # an explicit backend needs no known extension
+    assert Predictor.load(renamed, backend="onnxruntime").backend.value == "onnxruntime"
     with pytest.raises(PredictorError, match="unknown device"):
         Predictor.load(tiny_onnx.path, device="tpu")
     import onnxruntime as ort

@@ -120,8 +120,16 @@ class Predictor:
         the device's (e.g. ["TensorrtExecutionProvider", "CUDAExecutionProvider"]).
         """
         path = Path(path)
-        inferred = infer_backend(path)
-        backend = Backend(backend) if backend is not None else inferred
+        if backend is None:
+            backend = infer_backend(path)
+        else:
+            try:
+                backend = Backend(backend)
+            except ValueError:
+                raise PredictorError(f"unknown backend {backend!r}; use one of "
+                                     f"{[b.value for b in Backend]}") from None
+            if not path.exists():
+                raise PredictorError(f"{path} does not exist")
         if backend is not Backend.torch and path.is_dir():
             raise PredictorError(f"{path} is a directory; backend {backend.value} loads a file")
         try:
