@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine; both bootstrap .venv and are idempotent.
 #   make demo   generate the embedded dataset, train the small preset, evaluate it, export it
-#               (FP32, FP16, INT8) and check each export against PyTorch (toolkit parity)
+#               (FP32, FP16, INT8), check each export against PyTorch (toolkit parity) and
+#               benchmark them side by side with PyTorch (toolkit bench)
 #   make test   run the test suite
 # Variables can be overridden: make demo DEMO_SECONDS=600
 
@@ -38,6 +39,8 @@ demo: $(RUN)/best.safetensors
 	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.fp16.onnx
 	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.int8.onnx \
 	  --json export/parity.int8.json
+	$(BIN)/toolkit bench --onnx export/model.onnx --onnx export/model.fp16.onnx \
+	  --onnx export/model.int8.onnx --batch 1,8 --iters 20 --json export/bench.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -292,6 +292,67 @@ def inspect(
         console.print(format_inspection(result), highlight=False, markup=False)
 
 
+# ---- runtime and bench (issue 5)
+
+
+@app.command()
+@friendly
+def bench(
+    engine: list[Path] = typer.Option([], help="A TensorRT plan (repeatable)."),
+    onnx: list[Path] = typer.Option([], help="An ONNX export (repeatable)."),
+    checkpoint: list[Path] = typer.Option([], help="A run directory, PyTorch eager (repeatable)."),
+    device: Device = typer.Option(Device.cpu, help="Where to run (auto: cuda if there)."),
+    batch: str = typer.Option("1,8,32", help="Batch sizes, comma-separated."),
+    seq: int = typer.Option(128, help="Tokens per question (at most the model's max_length)."),
+    warmup: int = typer.Option(3, help="Untimed calls before timing."),
+    iters: Optional[int] = typer.Option(None, help="Timed calls per configuration [20]."),
+    duration: Optional[float] = typer.Option(None, help="Or: seconds of timed calls each."),
+    threads: Optional[int] = typer.Option(None, min=1, help="Intra-op threads (ORT, torch)."),
+    compare: bool = typer.Option(True, "--compare/--no-compare",
+                                 help="Also PyTorch eager of the source checkpoint, with ratio."),
+    reference: Optional[Path] = typer.Option(None, help="The source checkpoint [found by hash]."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="Latency/throughput PNG."),
+) -> None:
+    """Latency (p50/p90/p99/mean), throughput, size and peak memory of artifacts, per batch."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from toolkit.bench import (TABLE_HEADER, Artifact, ArtifactKind, BenchConfig,
+                               check_plot_available, parse_batches, plot, run_bench, table_rows,
+                               write_json)
+
+    if plot_path is not None:
+        check_plot_available()
+    if iters is None and duration is None:
+        iters = 20
+    artifacts = tuple([Artifact(ArtifactKind.engine, str(p)) for p in engine]
+                      + [Artifact(ArtifactKind.onnx, str(p)) for p in onnx]
+                      + [Artifact(ArtifactKind.checkpoint, str(p)) for p in checkpoint])
+    cfg = BenchConfig(artifacts=artifacts, device=device, batches=parse_batches(batch), seq=seq,
+                      warmup=warmup, iters=iters, duration=duration, threads=threads,
+                      compare=compare, reference=str(reference) if reference else None)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("bench", total=None)
+        report = run_bench(cfg, step=lambda what: progress.update(task, description=what),
+                           log=lambda msg: err.print(msg, highlight=False, markup=False))
+    table = Table(title=f"toolkit bench ({cfg.device.value}, L={seq}); compute = backend call "
+                        "on a prepared feed, end-to-end = PNG + text -> probabilities")
+    for name in TABLE_HEADER:
+        table.add_column(name, justify="left" if name in ("artifact", "backend", "precision")
+                         else "right")
+    for row in table_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    if json_path is not None:
+        write_json(report, json_path)
+        console.print(f"wrote {json_path}")
+    if plot_path is not None:
+        plot(report, plot_path)
+        console.print(f"wrote {plot_path}")
+
+
 def main() -> None:
     app()
 

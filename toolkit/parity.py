@@ -14,15 +14,10 @@ from toolkit.errors import ToolkitError
 
 
 def candidate_metadata(path):
-    from toolkit.artifacts import METADATA_KEY, ArtifactMetadata
     from toolkit.runtime.ort_runner import OnnxRuntimeRunner
 
     with OnnxRuntimeRunner(path) as r:
-        props = r.metadata()
-    if METADATA_KEY not in props:
-        raise ToolkitError(f"{path} has no {METADATA_KEY} metadata; it was not written by "
-                           "`toolkit export`: export it again")
-    return ArtifactMetadata.from_json(props[METADATA_KEY], str(path))
+        return r.artifact_metadata()
 
 
 def parity(cfg: ParityConfig) -> Comparison:

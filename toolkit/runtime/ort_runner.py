@@ -119,6 +119,16 @@ class OnnxRuntimeRunner(Runner):
         """The model's metadata_props (the toolkit's record is under artifacts.METADATA_KEY)."""
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
+    def artifact_metadata(self):
+        """The toolkit's ArtifactMetadata record; a RunnerError if the model carries none."""
+        from toolkit.artifacts import METADATA_KEY, ArtifactMetadata
+
+        props = self.metadata()
+        if METADATA_KEY not in props:
+            raise RunnerError(f"{self.path} has no {METADATA_KEY} metadata; it was not written by "
+                              "`toolkit export`: export it again")
+        return ArtifactMetadata.from_json(props[METADATA_KEY], str(self.path))
+
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(None, feed)
         return dict(zip(self.output_names(), outs))
