@@ -13,7 +13,7 @@ DATA := data/sort-of-clevr
 RUN := runs/small
 DEMO_SCENES ?= 10000
 DEMO_EPOCHS ?= 3
-DEMO_SECONDS ?= 720
+DEMO_SECONDS ?= 660
 
 .PHONY: demo test clean-demo
 

@@ -293,12 +293,14 @@ class Tolerance:
 
 
 # Per precision, on logits (bench/export.md). fp32: the exporter's rounding only (measured <= 1.4e-6).
-# fp16: measured max abs 2.5e-4 (seed, untrained), 3e-4 (tiny), 5.9e-4 (small, logits up to 5.3)
-# on ONNX Runtime CPU: the bound leaves about 8x room. int8 is judged by what matters for a
+# fp16: measured max abs 2.5e-4 (seed, untrained), 3e-4 (tiny), 5.9e-4 (small, untrained, logits up
+# to 5.3) and 7.4e-3 (small trained by `make demo`, 6,000 held-out rows, cosine 1.000000, top-1
+# 100%) on ONNX Runtime CPU. The error grows with the logits' scale as a model trains, so the bound
+# leaves about 3x room over the trained model's worst row. int8 is judged by what matters for a
 # classifier (decisions, held-out accuracy), not by elementwise error.
 TOLERANCES: dict[Precision, Tolerance] = {
     Precision.fp32: Tolerance(max_abs=1e-4, min_cosine=0.99999),
-    Precision.fp16: Tolerance(max_abs=5e-3, min_cosine=0.9999),
+    Precision.fp16: Tolerance(max_abs=2.5e-2, min_cosine=0.9999),
     Precision.int8: Tolerance(min_top1=0.99, max_accuracy_drop=0.01),
 }
 
