@@ -138,8 +138,9 @@ class Stream:
             self._stream = None
 
 
-class DeviceBuffer:
-    """Device memory that grows (never shrinks) to fit what it is asked to hold."""
+class _GrowingBuffer:
+    """Memory that grows (never shrinks) to fit what it is asked to hold; a subclass allocates
+    and releases it."""
 
     def __init__(self, limit: int | None = None) -> None:
         self.ptr, self.capacity, self.limit = 0, 0, limit
@@ -150,30 +151,38 @@ class DeviceBuffer:
         if capacity == self.capacity:
             return False
         self.free()
-        self.ptr = _check(cudart().cudaMalloc(capacity), "cudaMalloc")
+        self.ptr = self._allocate(capacity)
         self.capacity = capacity
         return True
 
     def free(self) -> None:
         if self.ptr:
-            _check(cudart().cudaFree(self.ptr), "cudaFree")
+            self._release(self.ptr)
         self.ptr, self.capacity = 0, 0
 
 
-class PinnedBuffer:
+class DeviceBuffer(_GrowingBuffer):
+    """Device memory (cudaMalloc)."""
+
+    @staticmethod
+    def _allocate(size: int) -> int:
+        return _check(cudart().cudaMalloc(size), "cudaMalloc")
+
+    @staticmethod
+    def _release(ptr: int) -> None:
+        _check(cudart().cudaFree(ptr), "cudaFree")
+
+
+class PinnedBuffer(_GrowingBuffer):
     """Page-locked host memory (cudaMallocHost): asynchronous copies need it to overlap."""
 
-    def __init__(self, limit: int | None = None) -> None:
-        self.ptr, self.capacity, self.limit = 0, 0, limit
+    @staticmethod
+    def _allocate(size: int) -> int:
+        return _check(cudart().cudaMallocHost(size), "cudaMallocHost")
 
-    def reserve(self, needed: int) -> bool:
-        capacity = grown_capacity(self.capacity, needed, self.limit)
-        if capacity == self.capacity:
-            return False
-        self.free()
-        self.ptr = _check(cudart().cudaMallocHost(capacity), "cudaMallocHost")
-        self.capacity = capacity
-        return True
+    @staticmethod
+    def _release(ptr: int) -> None:
+        _check(cudart().cudaFreeHost(ptr), "cudaFreeHost")
 
     def view(self, shape, dtype) -> np.ndarray:
         """A numpy array over the first bytes of the buffer (no copy)."""
@@ -182,11 +191,6 @@ class PinnedBuffer:
             raise CudaError(f"pinned buffer of {self.capacity} bytes cannot hold {size}")
         raw = (ctypes.c_byte * max(size, 1)).from_address(self.ptr)
         return np.frombuffer(raw, dtype=np.uint8, count=size).view(dtype).reshape(tuple(shape))
-
-    def free(self) -> None:
-        if self.ptr:
-            _check(cudart().cudaFreeHost(self.ptr), "cudaFreeHost")
-        self.ptr, self.capacity = 0, 0
 
 
 class CudaGraph:
