@@ -53,19 +53,12 @@ def latency(run: Path, onnx_path: Path, threads: int = 2, length: int = 128, rep
     feed["attention_mask"][:] = 1
     args = {k: torch.from_numpy(v) for k, v in feed.items()}
 
-    def med(fn):
-        fn(), fn()  # warm up
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return 1000 * float(np.median(ts))
+    from latency import median_ms  # bench/latency.py, beside this script
 
     with torch.inference_mode():
-        t_torch = med(lambda: ck.model(**args))
+        t_torch = median_ms(lambda: ck.model(**args), reps)
     with OnnxRuntimeRunner(onnx_path, threads=threads) as r:
-        t_ort = med(lambda: r.infer(feed))
+        t_ort = median_ms(lambda: r.infer(feed), reps)
     return t_torch, t_ort
 
 

@@ -47,7 +47,7 @@ def main() -> None:
 
     ref = run(a.onnx)
     fp32 = graph.load(a.onnx)
-    print(f"| kept FP32 | max abs | mean abs | cosine | top-1 | logit range |")
+    print("| kept FP32 | max abs | mean abs | cosine | top-1 | logit range |")
     for name, keep in VARIANTS.items():
         with tempfile.TemporaryDirectory() as d:
             p = Path(d) / "m.onnx"

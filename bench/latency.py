@@ -44,7 +44,7 @@ def main() -> None:
                            np.random.default_rng(0))
     feed["attention_mask"][:] = 1
     args = {k: torch.from_numpy(v) for k, v in feed.items()}
-    print(f"| model | PyTorch eager ms | ONNX Runtime ms | ratio |")
+    print("| model | PyTorch eager ms | ONNX Runtime ms | ratio |")
     for path in a.onnx:
         with torch.inference_mode():
             t_torch = median_ms(lambda: ck.model(**args), a.reps)
