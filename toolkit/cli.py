@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -19,7 +20,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Train, export, verify and benchmark the dual-modal classifier.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: generate the embedded default.")
 app.add_typer(data_app, name="data")
-console = Console()
+# Piped into a log, rich would squeeze tables into 80 columns; a log can be wide.
+console = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 _state = {"verbose": False}
 
