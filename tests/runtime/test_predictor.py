@@ -119,6 +119,15 @@ def test_bad_paths_and_devices(tmp_path, tiny_onnx):
         Predictor.load(plan)
 
 
+def _run_isolated(code: str) -> dict:
+    """Run `code` in a fresh interpreter (nothing imported yet); its last line is JSON."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, env={"PYTHONPATH": str(REPO),
+                                                     "OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_onnx_predictor_imports_no_torch(tiny_onnx, tiny_data):
     images, texts = _rows(tiny_data, 2)
     code = (
@@ -128,11 +137,7 @@ def test_onnx_predictor_imports_no_torch(tiny_onnx, tiny_data):
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'transformers', 'torchvision', 'onnx'))\n"
         "print(json.dumps({'labels': r.labels, 'heavy': heavy}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, timeout=120, env={"PYTHONPATH": str(REPO),
-                                                     "OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _run_isolated(code)
     assert got["heavy"] == []
     assert len(got["labels"]) == 2
 
@@ -249,11 +254,7 @@ def test_plan_path_imports_no_torch(tiny_onnx, tmp_path):
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'transformers', 'torchvision'))\n"
         "print(json.dumps({'error': err, 'heavy': heavy}))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=REPO, timeout=120, env={"PYTHONPATH": str(REPO),
-                                                     "OMP_NUM_THREADS": "1", "PATH": "/usr/bin"})
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = _run_isolated(code)
     assert got["heavy"] == []
     import importlib.util
 
