@@ -75,21 +75,26 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
-def prepare_data(cfg: TrainConfig):
-    """Labels, tokenizer and both splits; the vocabulary is trained on the training text."""
+def prepare_data(cfg: TrainConfig, run: Path | None = None):
+    """Labels, tokenizer, model config and both splits. A new run trains its vocabulary on the
+    training text (or takes the text model's); a resumed `run` keeps its own config and vocab."""
     train_path = resolve_manifest(cfg.data, "train")
     rows = read_manifest(train_path)
     labels = dataset_labels(cfg.data, rows)
-    mcfg = cfg.model
-    if mcfg.text.model_dir:
-        tokenizer = Tokenizer.from_file(Path(mcfg.text.model_dir) / "vocab.txt",
-                                        mcfg.text.max_length)
+    if run is not None:
+        mcfg = read_config(run)
+        tokenizer = Tokenizer.from_file(run / "vocab.txt", mcfg.text.max_length)
     else:
-        tokenizer = Tokenizer(train_vocab((r.text for r in rows), cfg.vocab_size),
-                              mcfg.text.max_length)
-    mcfg = dataclasses.replace(
-        mcfg, num_classes=len(labels),
-        text=dataclasses.replace(mcfg.text, vocab_size=len(tokenizer.vocab)))
+        mcfg = cfg.model
+        if mcfg.text.model_dir:
+            tokenizer = Tokenizer.from_file(Path(mcfg.text.model_dir) / "vocab.txt",
+                                            mcfg.text.max_length)
+        else:
+            tokenizer = Tokenizer(train_vocab((r.text for r in rows), cfg.vocab_size),
+                                  mcfg.text.max_length)
+        mcfg = dataclasses.replace(
+            mcfg, num_classes=len(labels),
+            text=dataclasses.replace(mcfg.text, vocab_size=len(tokenizer.vocab)))
     train = load_split(train_path, labels, tokenizer, mcfg.image_size, cfg.skip_bad_rows)
     val = load_split(resolve_manifest(cfg.data, "val"), labels, tokenizer, mcfg.image_size,
                      cfg.skip_bad_rows)
@@ -103,18 +108,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     resume_file = out / "resume.pt"
-    if cfg.resume:
-        if not resume_file.is_file():
-            raise CheckpointError(f"--resume: {resume_file} not found; start without --resume")
-        mcfg_saved = read_config(out)
-    mcfg, labels, tokenizer, train_split, val_split = prepare_data(cfg)
-    if cfg.resume:
-        # The vocabulary is the one the run started with, not a retrained one.
-        tokenizer = Tokenizer.from_file(out / "vocab.txt", mcfg_saved.text.max_length)
-        mcfg = mcfg_saved
-        train_split, val_split = (load_split(resolve_manifest(cfg.data, s), labels, tokenizer,
-                                             mcfg.image_size, cfg.skip_bad_rows)
-                                  for s in ("train", "val"))
+    if cfg.resume and not resume_file.is_file():
+        raise CheckpointError(f"--resume: {resume_file} not found; start without --resume")
+    mcfg, labels, tokenizer, train_split, val_split = prepare_data(
+        cfg, run=out if cfg.resume else None)
     if ddp.main:
         priors = majority_baseline(val_split.labels, val_split.question_types, len(labels))
         log("answer priors (majority class per question type, held-out): "
