@@ -43,7 +43,7 @@ def evaluate_checkpoint(run: str | Path, data: str | Path, split: str = "val",
                         which: str = "best", device: str = "auto",
                         skip_bad_rows: bool = False) -> dict:
     from toolkit.checkpoint import load_checkpoint
-    from toolkit.train import resolve_device
+    from toolkit.runtime.devices import resolve_device
 
     dev = resolve_device(device)
     ck = load_checkpoint(run, which, device=str(dev))

@@ -21,27 +21,13 @@ from torch import nn
 
 from toolkit.artifacts import atomic_path, write_json
 from toolkit.checkpoint import CheckpointError, read_config, save_weights, write_run_files
-from toolkit.config import Device, TrainConfig, to_dict
+from toolkit.config import TrainConfig, to_dict
 from toolkit.data.manifest import dataset_labels, load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
-from toolkit.errors import ToolkitError
 from toolkit.evaluate import evaluate, to_torch
 from toolkit.metrics import majority_baseline
 from toolkit.model import DualModalNet
-
-
-class TrainError(ToolkitError):
-    pass
-
-
-def resolve_device(device: Device | str) -> torch.device:
-    device = Device(device)
-    if device is Device.cuda and not torch.cuda.is_available():
-        raise TrainError("--device cuda was asked for, but no CUDA GPU is visible; use --device cpu "
-                         "or install a CUDA build of torch on a machine with an NVIDIA GPU")
-    if device is Device.auto:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device.value)
+from toolkit.runtime.devices import resolve_device
 
 
 def lr_lambda(warmup: int, total: int):

@@ -226,9 +226,9 @@ def _auto_device(backend: Backend) -> Device:
 
         return Device.cuda if "CUDAExecutionProvider" in ort.get_available_providers() \
             else Device.cpu
-    import torch
+    from toolkit.runtime.devices import resolve_device
 
-    return Device.cuda if torch.cuda.is_available() else Device.cpu
+    return Device(resolve_device(Device.auto).type)
 
 
 def _load_onnx(cls, path: Path, device: Device, providers, threads) -> Predictor:
@@ -285,12 +285,9 @@ def _load_plan(cls, path: Path, device: Device, providers, threads) -> Predictor
 def _load_run(cls, path: Path, device: Device, providers, threads) -> Predictor:
     from toolkit.runtime.torch_runner import TorchRunner
 
-    if device is Device.cuda:
-        import torch
+    from toolkit.runtime.devices import resolve_device
 
-        if not torch.cuda.is_available():
-            raise PredictorError("device 'cuda' asked for, but this PyTorch sees no CUDA GPU; use "
-                                 "device='cpu' or a CUDA build of torch on a GPU machine")
+    resolve_device(device)  # a clear error for cuda without a GPU, before loading anything
     runner = TorchRunner(path, device=device.value)
     runner.activate()
     try:
