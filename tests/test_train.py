@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit.checkpoint import CheckpointError, load_checkpoint
-from toolkit.config import TrainConfig, preset
-from toolkit.data.manifest import load_split, resolve_manifest
+from toolkit.config import ConfigError, TrainConfig, preset
+from toolkit.data.manifest import load_split, read_manifest, resolve_manifest
+from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.model import DualModalNet
-from toolkit.train import lr_lambda, train
+from toolkit.train import BatchPlan, Dist, lr_lambda, train
 
 
 def test_run_directory_holds_everything(tiny_run):
@@ -58,6 +59,43 @@ def test_warmup_then_cosine():
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
     assert all(f(s) >= f(s + 1) for s in range(10, 110))
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tiny_data):
+    path = resolve_manifest(tiny_data, "train")
+    tok = Tokenizer(train_vocab((r.text for r in read_manifest(path)), 120), 16)
+    from toolkit.data.synthetic import LABELS
+
+    return load_split(path, list(LABELS), tok, 32)
+
+
+def test_curriculum_draws_only_its_types_then_every_row(tiny_split, tiny_train_config):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_train_config, curriculum_types=("horizontal", "vertical"),
+                              curriculum_steps=4, epochs=2)
+    plan = BatchPlan(tiny_split, cfg, Dist())
+    types = np.array(tiny_split.question_types)
+    for step in range(4):
+        assert set(types[plan.rows(step)]) <= {"horizontal", "vertical"}
+    # After the curriculum, one epoch covers every row at most once; the plan is a pure
+    # function of the step (resume and DDP ranks rely on it).
+    epoch = np.concatenate([plan.rows(4 + b) for b in range(plan.steps_per_epoch)])
+    assert len(set(epoch.tolist())) == len(epoch)
+    assert set(types[epoch]) == set(types)
+    np.testing.assert_array_equal(plan.rows(5), plan.rows(5))
+    assert plan.total_steps == 4 + 2 * plan.steps_per_epoch
+
+
+def test_curriculum_of_an_absent_type_is_refused(tiny_split, tiny_train_config):
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny_train_config, curriculum_types=("colour",), curriculum_steps=4)
+    with pytest.raises(ConfigError, match="colour: no training row has that question type"):
+        BatchPlan(tiny_split, cfg, Dist())
+    with pytest.raises(ConfigError, match="needs both"):
+        dataclasses.replace(tiny_train_config, curriculum_steps=4)
 
 
 def test_training_learns_a_fixed_batch(tiny_data, tmp_path):

@@ -107,6 +107,9 @@ def train(
                                               help="A local Hugging Face BERT-family directory."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows",
                                        help="Leave out bad manifest rows instead of stopping."),
+    curriculum_types: str = typer.Option(
+        "", help="Comma-separated question types to train on first, e.g. horizontal,vertical."),
+    curriculum_steps: int = typer.Option(0, min=0, help="Steps of the curriculum."),
 ) -> None:
     """Train a model; best and last checkpoints land in OUT."""
     from toolkit import config as C
@@ -123,7 +126,9 @@ def train(
                         max_steps=max_steps, batch_size=batch_size, lr=lr,
                         warmup_steps=warmup_steps, seed=seed, device=device,
                         eval_every=eval_every, skip_bad_rows=skip_bad_rows, resume=resume,
-                        max_train_seconds=max_train_seconds)
+                        max_train_seconds=max_train_seconds,
+                        curriculum_types=tuple(t for t in curriculum_types.split(",") if t),
+                        curriculum_steps=curriculum_steps)
     result = run_train(cfg, log=console.print)
     if result["report"] is not None:
         console.print(f"best checkpoint: {out / 'best.safetensors'}")

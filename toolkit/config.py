@@ -43,7 +43,9 @@ class Device(str, enum.Enum):
 
 @dataclass(frozen=True)
 class VisionConfig:
-    backbone: str = "resnet50"  # a torchvision model name: resnet*, efficientnet_*, vit_*
+    # A torchvision model name (resnet*, efficientnet_*, vit_*), or "convnet": `stages` plain
+    # 3x3 stride-2 convolutions of `width` channels (24 if unset), the Sort-of-CLEVR paper's CNN.
+    backbone: str = "resnet50"
     # ResNet only: how many of the four residual stages to keep. Fewer stages keep a finer grid
     # (stride 8 after two stages), which small images need to keep objects apart.
     stages: int = 4
@@ -51,6 +53,9 @@ class VisionConfig:
     # extra channels of every visual token (the seed's "multi-scale features"). Early stages keep
     # colour nearly linear, which the question's colour word must bind to.
     multiscale: bool = False
+    # ResNet only: base width of the stem and first stage (torchvision's is 64; each later stage
+    # doubles it). Same layout and blocks, fewer channels: `small` uses 32, a quarter of the cost.
+    width: int | None = None
     weights: str | None = None  # local torchvision state dict; never downloaded
 
 
@@ -64,6 +69,12 @@ class TextConfig:
     intermediate_size: int = 3072
     vocab_size: int = 30522  # replaced by the tokenizer's size when a vocabulary is trained
     max_length: int = 512
+    # A tower built here (no model_dir) only: BERT's dropout, and the spread of its initial word
+    # embeddings. BERT's own 0.02 suits pretraining; trained from scratch at a learning rate of
+    # 1e-3 on the embedded dataset, a tower with 0.02 and dropout 0.1 never let the question's
+    # colour word reach the image (bench/training.md), while 1.0 and no dropout did.
+    dropout: float = 0.1
+    embedding_std: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -80,9 +91,9 @@ class ModelConfig:
     # Number of stacked bidirectional cross-attention blocks. The seed has one; relational questions
     # need a second hop (find the object, then compare the others with it).
     fusion_layers: int = 1
-    fusion_ffn: int = 0  # hidden width of a feed-forward layer after each attention; 0 = none
-    # Visual tokens are modulated (FiLM) by what they read from the question, not added to it.
-    fusion_film: bool = False
+    # Hidden width of the per-cell ReLU MLP on [cell, what it read from the question]
+    # (fusion.py says why); 0 = the seed's plain attention residual.
+    fusion_cell_mlp: int = 0
     head_hidden: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -127,6 +138,19 @@ class TrainConfig:
     skip_bad_rows: bool = False
     resume: bool = False
     max_train_seconds: float | None = None  # stop (and save) once this wall-clock budget is spent
+    # Curriculum: the first `curriculum_steps` steps train only on questions of these types (the
+    # manifest's `question_type`), then the epochs run on every row. On the embedded dataset,
+    # questions that no image statistic answers (left/right, top/bottom) force the model to find
+    # the object the question names; trained on everything at once it settles on image statistics
+    # instead (bench/training.md).
+    curriculum_types: tuple[str, ...] = ()
+    curriculum_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if bool(self.curriculum_types) != bool(self.curriculum_steps):
+            raise ConfigError("a curriculum needs both --curriculum-types and --curriculum-steps "
+                              f"(got types {list(self.curriculum_types)}, "
+                              f"steps {self.curriculum_steps})")
 
 
 # Presets name sizes. `seed` is the architecture document's model; `small` keeps its structure with
@@ -135,14 +159,15 @@ PRESETS: dict[str, ModelConfig] = {
     "seed": ModelConfig(),
     "small": ModelConfig(
         image_size=64,
-        vision=VisionConfig(backbone="resnet18", stages=2, multiscale=True),  # (B, 256, 8, 8)
-        text=TextConfig(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256,
-                        max_length=32),
+        vision=VisionConfig(backbone="convnet", stages=3, width=24),  # (B, 24, 8, 8)
+        text=TextConfig(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=256,
+                        max_length=32, dropout=0.0, embedding_std=1.0),
         dim=128,
         heads=4,
+        dropout=0.0,
         visual_tokens=VisualTokens.grid,
-        fusion_layers=2,
-        fusion_ffn=256,
+        fusion_layers=1,
+        fusion_cell_mlp=256,
         head_hidden=256,
     ),
     "tiny": ModelConfig(
@@ -154,7 +179,7 @@ PRESETS: dict[str, ModelConfig] = {
         heads=2,
         visual_tokens=VisualTokens.grid,
         fusion_layers=1,
-        fusion_ffn=32,
+        fusion_cell_mlp=32,
         head_hidden=32,
     ),
 }

@@ -21,7 +21,7 @@ from torch import nn
 
 from toolkit.artifacts import atomic_path, write_json
 from toolkit.checkpoint import CheckpointError, read_config, save_weights, write_run_files
-from toolkit.config import TrainConfig, to_dict
+from toolkit.config import ConfigError, TrainConfig, to_dict
 from toolkit.data.manifest import dataset_labels, load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.evaluate import evaluate, to_torch
@@ -87,6 +87,57 @@ def prepare_data(cfg: TrainConfig, run: Path | None = None):
     return mcfg, labels, tokenizer, train, val
 
 
+class BatchPlan:
+    """Which training rows make up step `n`: a pure function of the step, so `--resume` and DDP
+    ranks agree without any state.
+
+    A batch is whole images with all their questions: the vision tower (most of the cost) runs once
+    per image, and each image is seen with questions that need different answers. The first
+    `curriculum_steps` draw only questions of `curriculum_types`; the epochs follow on all rows.
+    """
+
+    def __init__(self, split, cfg: TrainConfig, ddp: Dist):
+        self.seed, self.ddp = cfg.seed, ddp
+        self.full = _Pool(split.image_groups(), len(split), cfg.batch_size, ddp.world)
+        self.curriculum_steps = cfg.curriculum_steps if cfg.curriculum_types else 0
+        self.first = None
+        if self.curriculum_steps:
+            wanted = set(cfg.curriculum_types)
+            present = set(split.question_types)
+            missing = sorted(wanted - present)
+            if missing:
+                raise ConfigError(
+                    f"--curriculum-types {', '.join(missing)}: no training row has that question "
+                    f"type (the manifest has: {', '.join(sorted(present)) or 'none'})")
+            keep = np.array([t in wanted for t in split.question_types])
+            groups = [g[keep[g]] for g in split.image_groups()]
+            groups = [g for g in groups if len(g)]
+            self.first = _Pool(groups, int(keep.sum()), cfg.batch_size, ddp.world)
+        self.steps_per_epoch = self.full.steps_per_epoch
+        total = self.curriculum_steps + self.steps_per_epoch * cfg.epochs
+        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+
+    def rows(self, step: int) -> np.ndarray:
+        if step < self.curriculum_steps:
+            return self.first.rows(step, self.seed + 1_000_003, self.ddp.rank)
+        return self.full.rows(step - self.curriculum_steps, self.seed, self.ddp.rank)
+
+
+class _Pool:
+    """Image groups drawn in a fresh permutation each epoch; about `batch_size` rows a step."""
+
+    def __init__(self, groups: list[np.ndarray], n_rows: int, batch_size: int, world: int):
+        self.groups, self.world = groups, world
+        self.images_per_batch = max(1, round(batch_size * len(groups) / n_rows))
+        self.steps_per_epoch = max(1, len(groups) // world // self.images_per_batch)
+
+    def rows(self, step: int, seed: int, rank: int) -> np.ndarray:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        shard = np.random.default_rng(seed + epoch).permutation(len(self.groups))[rank::self.world]
+        chosen = shard[b * self.images_per_batch:(b + 1) * self.images_per_batch]
+        return np.concatenate([self.groups[i] for i in chosen])
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train, evaluating on the held-out split; returns the final metrics. See TrainConfig."""
     device = resolve_device(cfg.device)
@@ -109,14 +160,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                             foreach=True)
-    # Batches are whole images with all their questions: the vision tower (most of the cost)
-    # runs once per image, and each image is seen with questions that need different answers.
-    groups = train_split.image_groups()
-    images_per_batch = max(1, round(cfg.batch_size * len(groups) / len(train_split)))
-    steps_per_epoch = max(1, len(groups) // ddp.world // images_per_batch)
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    plan = BatchPlan(train_split, cfg, ddp)
+    total = plan.total_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(cfg.warmup_steps, total // 4 + 1),
                                                              total))
     state = {"step": 0, "best": -1.0, "history": []}
@@ -135,7 +180,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else nullcontext())
     loss_fn = nn.CrossEntropyLoss()
-    eval_every = cfg.eval_every or steps_per_epoch
+    eval_every = cfg.eval_every or plan.steps_per_epoch
 
     def checkpoint(report: dict | None) -> None:
         if not ddp.main:
@@ -171,38 +216,32 @@ def train(cfg: TrainConfig, log=print) -> dict:
         task = progress.add_task("train", total=total, completed=state["step"], loss=float("nan"),
                                  rate=0.0)
         while state["step"] < total:
-            epoch, offset = divmod(state["step"], steps_per_epoch)
-            perm = np.random.default_rng(cfg.seed + epoch).permutation(len(groups))
-            shard = perm[ddp.rank::ddp.world]
-            for b in range(offset, steps_per_epoch):
-                net.train()
-                chosen = shard[b * images_per_batch:(b + 1) * images_per_batch]
-                idx = np.concatenate([groups[i] for i in chosen])
-                inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std,
-                                                    share_images=True), device)
-                target = torch.from_numpy(train_split.labels[idx]).to(device)
-                with amp:
-                    loss = loss_fn(net(**inputs).float(), target)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                sched.step()
-                state["step"] += 1
-                seen += len(idx) * ddp.world
-                now = time.perf_counter()
-                window_loss += loss.item()
-                window_steps += 1
-                progress.update(task, advance=1, loss=loss.item(),
-                                rate=seen / max(now - window_start, 1e-9))
-                out_of_time = (cfg.max_train_seconds is not None
-                               and now - started > cfg.max_train_seconds)
-                if state["step"] % eval_every == 0 or state["step"] >= total or out_of_time:
-                    report = run_eval() if ddp.main else None
-                    checkpoint(report)
-                    seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
-                if state["step"] >= total or out_of_time:
-                    break
+            net.train()
+            idx = plan.rows(state["step"])
+            inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std,
+                                                share_images=True), device)
+            target = torch.from_numpy(train_split.labels[idx]).to(device)
+            with amp:
+                loss = loss_fn(net(**inputs).float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            state["step"] += 1
+            seen += len(idx) * ddp.world
+            now = time.perf_counter()
+            window_loss += loss.item()
+            window_steps += 1
+            progress.update(task, advance=1, loss=loss.item(),
+                            rate=seen / max(now - window_start, 1e-9))
+            out_of_time = (cfg.max_train_seconds is not None
+                           and now - started > cfg.max_train_seconds)
+            if (state["step"] % eval_every == 0 or state["step"] == plan.curriculum_steps
+                    or state["step"] >= total or out_of_time):
+                report = run_eval() if ddp.main else None
+                checkpoint(report)
+                seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
             if out_of_time:
                 if ddp.main:
                     log(f"stopped at step {state['step']}/{total}: --max-train-seconds reached")

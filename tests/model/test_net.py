@@ -82,6 +82,20 @@ def test_other_torchvision_backbones(backbone, size):
     assert out.shape == (1, cfg.num_classes)
 
 
+def test_narrow_resnet_keeps_torchvision_layout_at_another_width():
+    from toolkit.model.vision import VisionError, VisionTower
+
+    tower = VisionTower(VisionConfig(backbone="resnet18", stages=4, width=16), 64)
+    widths = [stage[-1].bn2.num_features for stage in tower.body.stages]
+    assert widths == [16, 32, 64, 128] and tower.out_channels == 128
+    assert [len(stage) for stage in tower.body.stages] == [2, 2, 2, 2]  # resnet18's depths
+    assert tower(torch.zeros(2, 3, 64, 64)).shape == (2, 128, 2, 2)  # stride 32, as torchvision
+    deep = VisionTower(VisionConfig(backbone="resnet50", stages=1, width=8), 64)
+    assert deep.out_channels == 32  # Bottleneck expansion 4 kept
+    with pytest.raises(VisionError, match="ResNet backbones only"):
+        VisionTower(VisionConfig(backbone="efficientnet_b0", width=16), 64)
+
+
 def test_grid_positions_distinguish_cells():
     # Two images whose feature maps are equal everywhere must still give per-cell tokens that
     # differ, or left/right could not be answered.
@@ -92,12 +106,31 @@ def test_grid_positions_distinguish_cells():
     assert torch.unique(v[0], dim=0).shape[0] == v.shape[1]
 
 
-def test_grid_with_fewer_stages_is_finer():
-    cfg = preset("small")
+@pytest.mark.parametrize("backbone,coarse_cells", [("resnet18", 4), ("convnet", 16)])
+def test_grid_with_fewer_stages_is_finer(backbone, coarse_cells):
+    cfg = preset("small", vision=VisionConfig(backbone=backbone, stages=2, width=16))
     m = DualModalNet(cfg)
-    assert m.visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == 64  # 8x8 at stride 8
+    assert m.visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == (64 if backbone == "resnet18"
+                                                                   else 256)
     coarse = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, stages=4))
-    assert DualModalNet(coarse).visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == 4
+    assert DualModalNet(coarse).visual_tokens(torch.zeros(1, 3, 64, 64)).shape[1] == coarse_cells
+
+
+def test_small_preset_is_the_measured_recipe():
+    # 64 px -> three stride-2 convolutions -> an 8x8 grid of 64 cells, one fusion block with the
+    # per-cell MLP; padding stays inert with the N(0, 1) embeddings.
+    m = DualModalNet(preset("small"))
+    assert m.visual_tokens(torch.zeros(1, 3, 64, 64)).shape == (1, 64, 128)
+    assert m.fusion.blocks[0].visual_to_text.mlp[0].in_features == 256
+    words = m.text.encoder.embeddings.word_embeddings
+    assert words.weight[0].abs().sum() == 0 and words.weight[1:].std() > 0.5
+
+
+def test_convnet_refuses_torchvision_weights(tmp_path):
+    from toolkit.model.vision import VisionError, VisionTower
+
+    with pytest.raises(VisionError, match="no torchvision weights"):
+        VisionTower(VisionConfig(backbone="convnet", stages=3, weights=str(tmp_path / "w.pth")), 64)
 
 
 @torch.no_grad()

@@ -50,8 +50,14 @@ class TextTower(nn.Module):
                               num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
                               intermediate_size=cfg.intermediate_size,
                               max_position_embeddings=max(cfg.max_length, 16),
+                              hidden_dropout_prob=cfg.dropout,
+                              attention_probs_dropout_prob=cfg.dropout,
                               attn_implementation="eager")
             self.encoder = BertModel(bert, add_pooling_layer=False)
+            words = self.encoder.embeddings.word_embeddings
+            nn.init.normal_(words.weight, std=cfg.embedding_std)
+            if words.padding_idx is not None:  # BERT keeps the padding row at zero
+                nn.init.zeros_(words.weight[words.padding_idx])
         self.hidden_size = self.encoder.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

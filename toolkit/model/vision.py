@@ -55,14 +55,26 @@ class VisionTower(nn.Module):
     def __init__(self, cfg: VisionConfig, image_size: int):
         super().__init__()
         name = cfg.backbone
+        if name == "convnet":
+            if cfg.weights:
+                raise VisionError("the convnet backbone has no torchvision weights to load; drop "
+                                  "--vision-weights or choose a torchvision backbone")
+            self.kind = "convnet"
+            self.body = conv_stack(cfg.stages, cfg.width or 24)
+            self.out_channels = cfg.width or 24
+            return
         kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
         try:
             m = torchvision.models.get_model(name, weights=None, **kwargs)
         except ValueError as e:
             known = [n for n in torchvision.models.list_models(torchvision.models)
                      if n.startswith(("resnet", "efficientnet", "vit_"))]
-            raise VisionError(f"unknown vision backbone {name!r}; choose one of: "
+            raise VisionError(f"unknown vision backbone {name!r}; choose convnet or one of: "
                               f"{', '.join(known)}") from e
+        if cfg.width is not None:
+            if not name.startswith("resnet"):
+                raise VisionError(f"width={cfg.width} applies to ResNet backbones only, not {name!r}")
+            m = narrow_resnet(m, cfg.width)
         if cfg.weights:
             load_torchvision_weights(m, cfg.weights)
         self.kind = name.split("_")[0].rstrip("0123456789")  # resnet | efficientnet | vit
@@ -89,6 +101,48 @@ class VisionTower(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], -1, side, side)
 
 
+def conv_stack(layers: int, width: int) -> nn.Sequential:
+    """`layers` 3x3 convolutions of stride 2, each with BatchNorm and ReLU (torchvision's
+    Conv2dNormActivation): the plain CNN of the Sort-of-CLEVR paper. Every cell of its map is a
+    shallow function of a small patch, so an object's colour stays nearly linear in its cell."""
+    from torchvision.ops import Conv2dNormActivation
+
+    chans = [3] + [width] * layers
+    return nn.Sequential(*(Conv2dNormActivation(a, b, kernel_size=3, stride=2)
+                           for a, b in zip(chans, chans[1:])))
+
+
+def narrow_resnet(m: nn.Module, width: int) -> nn.Module:
+    """torchvision ResNet `m` rebuilt at base width `width` instead of 64, with the same blocks,
+    depths and strides, initialised as torchvision initialises its ResNets."""
+    from torchvision.models.resnet import conv1x1
+
+    block = type(m.layer1[0])
+    out = nn.Module()
+    out.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    out.bn1 = nn.BatchNorm2d(width)
+    out.relu = nn.ReLU(inplace=True)
+    out.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    inplanes = width
+    for i, (name, stride) in enumerate(zip(("layer1", "layer2", "layer3", "layer4"), (1, 2, 2, 2))):
+        planes = width * 2**i
+        wide = planes * block.expansion
+        down = None
+        if stride != 1 or inplanes != wide:
+            down = nn.Sequential(conv1x1(inplanes, wide, stride), nn.BatchNorm2d(wide))
+        blocks = [block(inplanes, planes, stride, down)]
+        blocks += [block(wide, planes) for _ in range(len(getattr(m, name)) - 1)]
+        setattr(out, name, nn.Sequential(*blocks))
+        inplanes = wide
+    for mod in out.modules():
+        if isinstance(mod, nn.Conv2d):
+            nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(mod, nn.BatchNorm2d):
+            nn.init.ones_(mod.weight)
+            nn.init.zeros_(mod.bias)
+    return out
+
+
 def load_torchvision_weights(model: nn.Module, path: str) -> None:
     """Load a local torchvision state dict; the classifier head may be absent or of another size."""
     p = Path(path)
@@ -101,7 +155,7 @@ def load_torchvision_weights(model: nn.Module, path: str) -> None:
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     own = model.state_dict()
-    head = {k for k in own if k.startswith(("fc.", "classifier.", "heads."))}
+    head = {k for k in (*own, *state) if k.startswith(("fc.", "classifier.", "heads."))}
     state = {k: v for k, v in state.items() if k not in head}
     missing = [k for k in own if k not in state and k not in head]
     unexpected = [k for k in state if k not in own]
