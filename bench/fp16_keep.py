@@ -18,6 +18,8 @@ VARIANTS = {
     "LayerNorm+Softmax (default)": ("LayerNormalization", "Softmax"),
     "LayerNorm+Softmax+Reduce*": ("LayerNormalization", "Softmax", "ReduceMean",
                                             "ReduceSum"),
+    "LayerNorm+Softmax+ReduceSum+Gemm/MatMul": ("LayerNormalization", "Softmax", "ReduceSum",
+                                                "Gemm", "MatMul"),
 }
 
 

@@ -1,0 +1,57 @@
+from common import *
+mode = sys.argv[1]; secs = int(sys.argv[2]); qt = sys.argv[3].split(',') if len(sys.argv) > 3 and sys.argv[3] else None
+d = load()
+class Conv(nn.Module):
+    def __init__(s, c=24, n=4):
+        super().__init__()
+        layers = []; ci = 3
+        for i in range(n):
+            layers += [nn.Conv2d(ci, c, 3, 2, 1), nn.BatchNorm2d(c), nn.ReLU()]; ci = c
+        s.net = nn.Sequential(*layers)
+    def forward(s, x): return s.net(x)
+class BoW(nn.Module):
+    def __init__(s, dim=64):
+        super().__init__(); s.emb = nn.EmbeddingBag(d['vocab'], dim, mode='mean')
+        s.col = nn.Linear(6, dim)
+    def forward(s, ids, mask):
+        q = (s.emb.weight[ids] * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        if os.environ.get('ORACLE'):
+            oh = torch.stack([(ids == c).any(1) for c in (89, 70, 61, 88, 69, 103)], -1).float()
+            q = q + s.col(oh)
+        return q
+class CnnMlp(nn.Module):  # paper baseline: flatten conv map
+    def __init__(s):
+        super().__init__(); s.conv = Conv(); s.q = BoW()
+        s.mlp = nn.Sequential(nn.Linear(24*16 + 64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 12))
+    def forward(s, x, ids, mask):
+        return s.mlp(torch.cat([s.conv(x).flatten(1), s.q(ids, mask)], -1))
+def coords(h, w):
+    ys = (torch.arange(h) + 0.5) / h * 2 - 1; xs = (torch.arange(w) + 0.5) / w * 2 - 1
+    yy, xx = torch.meshgrid(ys, xs, indexing='ij'); return torch.stack([xx.flatten(), yy.flatten()], -1)
+class CellMlp(nn.Module):  # single-object RN: per-cell MLP on [cell, xy, q], sum
+    def __init__(s, n=3):
+        super().__init__(); s.conv = Conv(n=n); s.q = BoW()
+        s.g = nn.Sequential(nn.Linear(24 + 2 + 64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+        s.f = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 12))
+    def forward(s, x, ids, mask):
+        m = s.conv(x); B, C, h, w = m.shape
+        cells = m.flatten(2).transpose(1, 2)
+        xy = coords(h, w).expand(B, -1, -1); q = s.q(ids, mask).unsqueeze(1).expand(-1, h*w, -1)
+        return s.f(s.g(torch.cat([cells, xy, q], -1)).sum(1))
+class RN(nn.Module):  # relation network on pairs of cells (5x5 is paper; here 8x8 or 4x4)
+    def __init__(s, n=4):
+        super().__init__(); s.conv = Conv(n=n); s.q = BoW()
+        s.g = nn.Sequential(nn.Linear(2*26 + 64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU())
+        s.f = nn.Sequential(nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 12))
+    def forward(s, x, ids, mask):
+        m = s.conv(x); B, C, h, w = m.shape; N = h*w
+        cells = torch.cat([m.flatten(2).transpose(1, 2), coords(h, w).expand(B, -1, -1)], -1)
+        a = cells.unsqueeze(1).expand(-1, N, -1, -1); b = cells.unsqueeze(2).expand(-1, -1, N, -1)
+        q = s.q(ids, mask)[:, None, None].expand(-1, N, N, -1)
+        return s.f(s.g(torch.cat([a, b, q], -1)).sum((1, 2)))
+torch.manual_seed(0)
+model = {'cnnmlp': CnnMlp, 'cell': CellMlp, 'rn': RN, 'cell4': lambda: CellMlp(4)}[mode]()
+CURR = int(os.environ.get('CURR', 0))
+if CURR:
+    run(model, d, lr=float(os.environ.get('LR', 1e-3)), secs=CURR, eval_every=int(os.environ.get('EV', 300)), qtypes=os.environ.get('CQ', 'horizontal,vertical').split(','))
+run(model, d, lr=float(os.environ.get('LR', 1e-3)), secs=secs, eval_every=int(os.environ.get('EV', 300)), qtypes=qt)
