@@ -98,8 +98,9 @@ class BatchPlan:
 
     def __init__(self, split, cfg: TrainConfig, ddp: Dist):
         self.seed, self.ddp = cfg.seed, ddp
-        self.full = _Pool(split.image_groups(), len(split), cfg.batch_size, ddp.world)
-        self.curriculum_steps = cfg.curriculum_steps if cfg.curriculum_types else 0
+        groups = split.image_groups()
+        self.full = _Pool(groups, len(split), cfg.batch_size, ddp.world)
+        self.curriculum_steps = cfg.curriculum_steps  # TrainConfig: 0 exactly when no types
         self.first = None
         if self.curriculum_steps:
             wanted = set(cfg.curriculum_types)
@@ -110,9 +111,9 @@ class BatchPlan:
                     f"--curriculum-types {', '.join(missing)}: no training row has that question "
                     f"type (the manifest has: {', '.join(sorted(present)) or 'none'})")
             keep = np.array([t in wanted for t in split.question_types])
-            groups = [g[keep[g]] for g in split.image_groups()]
-            groups = [g for g in groups if len(g)]
-            self.first = _Pool(groups, int(keep.sum()), cfg.batch_size, ddp.world)
+            kept = [g[keep[g]] for g in groups]
+            self.first = _Pool([g for g in kept if len(g)], int(keep.sum()), cfg.batch_size,
+                               ddp.world)
         self.steps_per_epoch = self.full.steps_per_epoch
         total = self.curriculum_steps + self.steps_per_epoch * cfg.epochs
         self.total_steps = min(total, cfg.max_steps) if cfg.max_steps is not None else total
