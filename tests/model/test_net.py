@@ -131,6 +131,8 @@ def test_convnet_refuses_torchvision_weights(tmp_path):
 
     with pytest.raises(VisionError, match="no torchvision weights"):
         VisionTower(VisionConfig(backbone="convnet", stages=3, weights=str(tmp_path / "w.pth")), 64)
+    with pytest.raises(VisionError, match="multiscale applies to ResNet backbones only"):
+        VisionTower(VisionConfig(backbone="convnet", stages=3, multiscale=True), 64)
 
 
 @torch.no_grad()

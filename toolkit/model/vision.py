@@ -59,9 +59,12 @@ class VisionTower(nn.Module):
             if cfg.weights:
                 raise VisionError("the convnet backbone has no torchvision weights to load; drop "
                                   "--vision-weights or choose a torchvision backbone")
+            if cfg.multiscale:
+                raise VisionError("multiscale applies to ResNet backbones only; the convnet's "
+                                  "cells are already shallow: drop multiscale")
             self.kind = "convnet"
-            self.body = conv_stack(cfg.stages, cfg.width or 24)
             self.out_channels = cfg.width or 24
+            self.body = conv_stack(cfg.stages, self.out_channels)
             return
         kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
         try:
