@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from toolkit.checkpoint import CheckpointError, load_checkpoint
-from toolkit.config import ConfigError, TrainConfig, preset
+from toolkit.config import BatchBy, ConfigError, TrainConfig, preset
 from toolkit.data.manifest import load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.model import DualModalNet
@@ -61,6 +61,13 @@ def test_warmup_then_cosine():
     assert all(f(s) >= f(s + 1) for s in range(10, 110))
 
 
+def test_rate_warms_up_again_when_the_curriculum_ends():
+    plain, f = lr_lambda(10, 110), lr_lambda(10, 110, restart=50)
+    assert [f(s) for s in range(50)] == [plain(s) for s in range(50)]
+    assert f(50) == pytest.approx(plain(50) / 10) and f(54) == pytest.approx(plain(54) / 2)
+    assert [f(s) for s in range(60, 111)] == [plain(s) for s in range(60, 111)]
+
+
 @pytest.fixture(scope="module")
 def tiny_split(tiny_data):
     path = resolve_manifest(tiny_data, "train")
@@ -86,6 +93,26 @@ def test_curriculum_draws_only_its_types_then_every_row(tiny_split, tiny_train_c
     assert set(types[epoch]) == set(types)
     np.testing.assert_array_equal(plan.rows(5), plan.rows(5))
     assert plan.total_steps == 4 + 2 * plan.steps_per_epoch
+
+
+@pytest.mark.parametrize("by", list(BatchBy))
+def test_batches_by_question_or_by_whole_image(tiny_split, tiny_train_config, by):
+    import dataclasses
+
+    plan = BatchPlan(tiny_split, dataclasses.replace(tiny_train_config, batch_by=by), Dist())
+    epoch = [plan.rows(b) for b in range(plan.steps_per_epoch)]
+    flat = np.concatenate(epoch)
+    assert len(set(flat.tolist())) == len(flat)  # no row twice in an epoch
+    images = [tiny_split.image_index[rows] for rows in epoch]
+    if by is BatchBy.question:
+        assert all(len(rows) == tiny_train_config.batch_size for rows in epoch)
+        assert len(flat) > len(tiny_split) - tiny_train_config.batch_size
+        # rows drawn one by one: a batch spans more images than whole-image batches would
+        assert np.mean([len(set(i.tolist())) for i in images]) > tiny_train_config.batch_size / 3
+    else:
+        counts = np.bincount(tiny_split.image_index)
+        for i in images:  # every image in a batch comes with all its questions
+            assert all(np.sum(i == k) == counts[k] for k in set(i.tolist()))
 
 
 def test_curriculum_of_an_absent_type_is_refused(tiny_split, tiny_train_config):

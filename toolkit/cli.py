@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from toolkit.config import (ArtifactFormat, CalibMethod, Device, HardwareCompat, Int8Target,
-                            Precision)
+from toolkit.config import (ArtifactFormat, BatchBy, CalibMethod, Device, HardwareCompat,
+                            Int8Target, Precision)
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -95,6 +95,8 @@ def train(
     max_train_seconds: Optional[float] = typer.Option(None, min=1,
                                                       help="Stop (and save) after this long."),
     batch_size: int = typer.Option(32, min=1),
+    batch_by: BatchBy = typer.Option(
+        BatchBy.question, help="Draw questions one by one, or whole images with all theirs."),
     lr: float = typer.Option(1e-4, min=0),
     warmup_steps: int = typer.Option(200, min=0),
     eval_every: int = typer.Option(0, min=0, help="Steps between evaluations; 0 = each epoch."),
@@ -123,7 +125,7 @@ def train(
         model = dataclasses.replace(model, text=dataclasses.replace(
             model.text, model_dir=str(text_model)))
     cfg = C.TrainConfig(data=str(data), out=str(out), model=model, epochs=epochs,
-                        max_steps=max_steps, batch_size=batch_size, lr=lr,
+                        max_steps=max_steps, batch_size=batch_size, batch_by=batch_by, lr=lr,
                         warmup_steps=warmup_steps, seed=seed, device=device,
                         eval_every=eval_every, skip_bad_rows=skip_bad_rows, resume=resume,
                         max_train_seconds=max_train_seconds,

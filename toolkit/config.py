@@ -35,6 +35,11 @@ class Fusion(str, enum.Enum):
     elementwise = "elementwise"
 
 
+class BatchBy(str, enum.Enum):
+    question = "question"  # rows drawn one by one; an image drawn twice is still encoded once
+    image = "image"  # whole images with all their questions: fewer vision passes, fewer images
+
+
 class Device(str, enum.Enum):
     auto = "auto"
     cpu = "cpu"
@@ -127,6 +132,9 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # stops early when reached
     batch_size: int = 32
+    # `image` batches run the vision tower once per image, but a batch of 64 questions then holds
+    # only about 11 scenes; on the embedded dataset that stalled learning (bench/training.md).
+    batch_by: BatchBy = BatchBy.question
     lr: float = 1e-4
     weight_decay: float = 0.01
     warmup_steps: int = 200

@@ -21,7 +21,7 @@ from torch import nn
 
 from toolkit.artifacts import atomic_path, write_json
 from toolkit.checkpoint import CheckpointError, read_config, save_weights, write_run_files
-from toolkit.config import ConfigError, TrainConfig, to_dict
+from toolkit.config import BatchBy, ConfigError, TrainConfig, to_dict
 from toolkit.data.manifest import dataset_labels, load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.evaluate import evaluate, to_torch
@@ -30,14 +30,23 @@ from toolkit.model import DualModalNet
 from toolkit.runtime.devices import resolve_device
 
 
-def lr_lambda(warmup: int, total: int):
-    """Linear warmup to the peak, then cosine decay to zero at `total` steps."""
+def lr_lambda(warmup: int, total: int, restart: int = 0):
+    """Linear warmup to the peak, then cosine decay to zero at `total` steps.
+
+    With `restart` (the curriculum's length) the rate warms up again from that step. Adam's moment
+    estimates then describe the curriculum's small gradients; the new question types' large ones,
+    divided by them, take steps big enough to undo what the curriculum learned (measured:
+    bench/training.md). The cosine still runs over the whole of training.
+    """
 
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        rate = 0.5 * (1.0 + math.cos(math.pi * progress))
+        if 0 < restart <= step < restart + warmup:
+            rate *= (step - restart + 1) / warmup
+        return rate
 
     return f
 
@@ -91,14 +100,16 @@ class BatchPlan:
     """Which training rows make up step `n`: a pure function of the step, so `--resume` and DDP
     ranks agree without any state.
 
-    A batch is whole images with all their questions: the vision tower (most of the cost) runs once
-    per image, and each image is seen with questions that need different answers. The first
+    With `BatchBy.question` each row is drawn on its own; with `BatchBy.image` a batch is whole
+    images with all their questions, so the vision tower runs once per image. The first
     `curriculum_steps` draw only questions of `curriculum_types`; the epochs follow on all rows.
     """
 
     def __init__(self, split, cfg: TrainConfig, ddp: Dist):
         self.seed, self.ddp = cfg.seed, ddp
         groups = split.image_groups()
+        if cfg.batch_by is BatchBy.question:  # every row its own group
+            groups = [row[None] for g in groups for row in g]
         self.full = _Pool(groups, len(split), cfg.batch_size, ddp.world)
         self.curriculum_steps = cfg.curriculum_steps  # TrainConfig: 0 exactly when no types
         self.first = None
@@ -164,7 +175,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     plan = BatchPlan(train_split, cfg, ddp)
     total = plan.total_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(cfg.warmup_steps, total // 4 + 1),
-                                                             total))
+                                                             total, plan.curriculum_steps))
     state = {"step": 0, "best": -1.0, "history": []}
     if cfg.resume:
         ck = torch.load(resume_file, map_location=device, weights_only=True)

@@ -5,7 +5,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 from toolkit.data.manifest import load_split, read_manifest, resolve_manifest, dataset_labels
 from toolkit.data.preprocess import Tokenizer, train_vocab, pad
 print = functools.partial(print, flush=True)
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get('THREADS', 2)))
 
 def load(data=os.environ.get('DATA', 'data/sort-of-clevr'), size=64):
     cache = data + f'/cache{size}.pt'

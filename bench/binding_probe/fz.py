@@ -34,8 +34,9 @@ class Hop(nn.Module):
             a = q.expand(-1, v.shape[1], -1)
         h = s.cell(torch.cat([v, a], -1))
         v = s.vn(v + h) if E('LN', '1') == '1' else (v + h if E('RES', '1') == '1' else torch.relu(h))
-        r, _ = s.t2v(q, v, v, need_weights=False)
-        q = s.qn(q + r)
+        if not E('NOT2V'):
+            r, _ = s.t2v(q, v, v, need_weights=False)
+            q = s.qn(q + r)
         return q, v
 class Net(nn.Module):
     def __init__(s):
@@ -66,7 +67,12 @@ class Net(nn.Module):
         return [{'params': [p for p in s.parameters() if id(p) not in tp]}, {'params': list(s.text.parameters()), 'lr': lr * float(E('TLR'))}]
     def forward(s, x, ids, mask, image_index=None):
         m = s.vis(x); B, C, h, w = m.shape
-        v = s.vp(m.flatten(2).transpose(1, 2)); v = v + s.pos(h, w, v)
+        if E('RAWV'):  # m0.py's cells: raw conv channels and (x, y), no projection
+            from m0xy import coords
+            cells = m.flatten(2).transpose(1, 2)
+            v = torch.cat([cells, coords(h, w).expand(B, -1, -1), cells.new_zeros(B, h * w, D - cells.shape[-1] - 2)], -1)
+        else:
+            v = s.vp(m.flatten(2).transpose(1, 2)); v = v + s.pos(h, w, v)
         if image_index is not None: v = v[image_index]
         t = s.text(ids, mask) if s.text is not None else s.emb(ids)
         mf = mask.unsqueeze(-1).float(); q = ((t * mf).sum(1) / mf.sum(1)).unsqueeze(1)
@@ -79,4 +85,8 @@ torch.manual_seed(int(E('SEED', 0)))
 model = Net()
 secs = int(sys.argv[1]); curr = int(E('CURR', 0))
 stages = ((('horizontal', 'vertical'), curr), (None, None)) if curr else ((None, None),)
+if E('ROWS'):  # random rows, one image per question (m0.py's batches)
+    if curr: run(model, d, lr=float(E('LR', 1e-3)), secs=curr, eval_every=int(E('EV', 200)), qtypes=['horizontal', 'vertical'])
+    run(model, d, lr=float(E('LR', 1e-3)), secs=secs, eval_every=int(E('EV', 200)))
+    sys.exit()
 run2(model, d, lr=float(E('LR', 1e-3)), secs=secs, eval_every=int(E('EV', 200)), stages=stages, imgs=int(E('IMGS', 11)))

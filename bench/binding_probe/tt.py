@@ -1,13 +1,13 @@
 import sys, time, json, os, functools, dataclasses
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-import torch; torch.set_num_threads(2)
-from toolkit.config import preset, TrainConfig
+import torch; torch.set_num_threads(int(os.environ.get('THREADS', 2)))
+from toolkit.config import preset, TrainConfig, BatchBy
 from toolkit.train import train
 print = functools.partial(print, flush=True)
 a = dict(x.split('=', 1) for x in sys.argv[1:])
 m = preset(a.get('preset', 'small'), **json.loads(a.get('model', '{}')))
 cfg = TrainConfig(data=a.get('data', 'data/sort-of-clevr'), out=a.get('out', '/tmp/tt_run'), model=m, epochs=int(a.get('epochs', 3)),
-                  batch_size=int(a.get('bs', 64)), lr=float(a.get('lr', 1e-3)), warmup_steps=int(a.get('warmup', 200)),
+                  batch_size=int(a.get('bs', 64)), batch_by=BatchBy(a.get('by', 'question')), lr=float(a.get('lr', 1e-3)), warmup_steps=int(a.get('warmup', 200)),
                   eval_every=int(a.get('eval', 300)), max_train_seconds=float(a.get('secs', 600)),
                   curriculum_types=tuple(a.get('ctypes', 'horizontal,vertical').split(',')) if int(a.get('csteps', 0)) else (),
                   curriculum_steps=int(a.get('csteps', 0)))
