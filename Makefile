@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DATA := data/sort-of-clevr
 RUN := runs/small
 DEMO_SCENES ?= 10000
-DEMO_EPOCHS ?= 8
+DEMO_EPOCHS ?= 7
 # Training stops here at the latest (the 15-minute budget of the main job's training).
 DEMO_SECONDS ?= 870
 # The first steps ask only left/right and top/bottom questions, which no image statistic answers:

@@ -6,9 +6,11 @@ from toolkit.train import train
 print = functools.partial(print, flush=True)
 a = dict(x.split('=', 1) for x in sys.argv[1:])
 m = preset(a.get('preset', 'small'), **json.loads(a.get('model', '{}')))
+if 'width' in a:  # convnet channels
+    m = dataclasses.replace(m, vision=dataclasses.replace(m.vision, width=int(a['width'])))
 cfg = TrainConfig(data=a.get('data', 'data/sort-of-clevr'), out=a.get('out', '/tmp/tt_run'), model=m, epochs=int(a.get('epochs', 3)),
                   batch_size=int(a.get('bs', 64)), batch_by=BatchBy(a.get('by', 'question')), lr=float(a.get('lr', 1e-3)), warmup_steps=int(a.get('warmup', 200)),
-                  eval_every=int(a.get('eval', 300)), max_train_seconds=float(a.get('secs', 600)),
+                  eval_every=int(a.get('eval', 300)), seed=int(a.get('seed', 0)), max_train_seconds=float(a.get('secs', 600)),
                   curriculum_types=tuple(a.get('ctypes', 'horizontal,vertical').split(',')) if int(a.get('csteps', 0)) else (),
                   curriculum_steps=int(a.get('csteps', 0)))
 t = time.time(); r = train(cfg, log=print)
