@@ -330,13 +330,14 @@ class Tolerance:
 # to 5.3), and 7.4e-3 and 1.19e-2 (two `small` models trained by `make demo`, 6,000 held-out rows
 # each, cosine 1.000000, top-1 100%) on ONNX Runtime CPU; then 0.11 on the rebuilt `small` (cells
 # summed, logits spanning 61.6; cosine 0.999999, top-1 99.87% on 6,000 rows; keeping more ops in
-# FP32 did not help, bench/export.md). The error grows with the logits' scale as a model trains, so
-# the bound leaves about 2x room over the worst trained model measured; cosine is the tight check.
+# FP32 did not help, bench/export.md); then 0.241 on the third session's `small` (logits spanning
+# 102.4; cosine 0.999998, top-1 99.95%). The error grows with the logits' scale as a model trains,
+# so the bound leaves about 2x room over the worst trained model measured; cosine is the tight check.
 # int8 is judged by what matters for a classifier (decisions, held-out accuracy), not by
 # elementwise error.
 TOLERANCES: dict[Precision, Tolerance] = {
     Precision.fp32: Tolerance(max_abs=1e-4, min_cosine=0.99999),
-    Precision.fp16: Tolerance(max_abs=0.25, min_cosine=0.9999),
+    Precision.fp16: Tolerance(max_abs=0.5, min_cosine=0.9999),
     Precision.int8: Tolerance(min_top1=0.99, max_accuracy_drop=0.01),
 }
 

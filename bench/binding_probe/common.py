@@ -105,3 +105,7 @@ def run2(model, d, lr=1e-3, imgs=11, secs=180, eval_every=200, wd=0.01, warmup=2
                 if done: break
         if now - t0 > secs: break
     return model
+
+def coords(h, w):  # (h*w, 2) cell centres in [-1, 1]
+    ys = (torch.arange(h) + 0.5) / h * 2 - 1; xs = (torch.arange(w) + 0.5) / w * 2 - 1
+    yy, xx = torch.meshgrid(ys, xs, indexing='ij'); return torch.stack([xx.flatten(), yy.flatten()], -1)

@@ -68,7 +68,6 @@ class Net(nn.Module):
     def forward(s, x, ids, mask, image_index=None):
         m = s.vis(x); B, C, h, w = m.shape
         if E('RAWV'):  # m0.py's cells: raw conv channels and (x, y), no projection
-            from m0xy import coords
             cells = m.flatten(2).transpose(1, 2)
             v = torch.cat([cells, coords(h, w).expand(B, -1, -1), cells.new_zeros(B, h * w, D - cells.shape[-1] - 2)], -1)
         else:

@@ -25,9 +25,6 @@ class CnnMlp(nn.Module):  # paper baseline: flatten conv map
         s.mlp = nn.Sequential(nn.Linear(24*16 + 64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 12))
     def forward(s, x, ids, mask):
         return s.mlp(torch.cat([s.conv(x).flatten(1), s.q(ids, mask)], -1))
-def coords(h, w):
-    ys = (torch.arange(h) + 0.5) / h * 2 - 1; xs = (torch.arange(w) + 0.5) / w * 2 - 1
-    yy, xx = torch.meshgrid(ys, xs, indexing='ij'); return torch.stack([xx.flatten(), yy.flatten()], -1)
 class CellMlp(nn.Module):  # single-object RN: per-cell MLP on [cell, xy, q], sum
     # ablations toward the toolkit's fusion: PROJ=1 (Linear to 128 + GridPosition instead of raw
     # channels + xy), OUT=k (width of g's output), HEADQ=1 (f reads [sum, q])
