@@ -136,17 +136,18 @@ class BatchPlan:
 
 
 class _Pool:
-    """Image groups drawn in a fresh permutation each epoch; about `batch_size` rows a step."""
+    """Groups of rows (an image's questions, or single rows) drawn in a fresh permutation each
+    epoch; about `batch_size` rows a step."""
 
     def __init__(self, groups: list[np.ndarray], n_rows: int, batch_size: int, world: int):
         self.groups, self.world = groups, world
-        self.images_per_batch = max(1, round(batch_size * len(groups) / n_rows))
-        self.steps_per_epoch = max(1, len(groups) // world // self.images_per_batch)
+        self.groups_per_batch = max(1, round(batch_size * len(groups) / n_rows))
+        self.steps_per_epoch = max(1, len(groups) // world // self.groups_per_batch)
 
     def rows(self, step: int, seed: int, rank: int) -> np.ndarray:
         epoch, b = divmod(step, self.steps_per_epoch)
         shard = np.random.default_rng(seed + epoch).permutation(len(self.groups))[rank::self.world]
-        chosen = shard[b * self.images_per_batch:(b + 1) * self.images_per_batch]
+        chosen = shard[b * self.groups_per_batch:(b + 1) * self.groups_per_batch]
         return np.concatenate([self.groups[i] for i in chosen])
 
 
