@@ -1,3 +1,5 @@
+import dataclasses
+import functools
 import json
 import os
 import socket
@@ -12,7 +14,7 @@ from toolkit.config import BatchBy, ConfigError, TrainConfig, preset
 from toolkit.data.manifest import load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.model import DualModalNet
-from toolkit.train import BatchPlan, Dist, lr_lambda, train
+from toolkit.train import BatchPlan, Dist, lr_factor, train
 
 
 def test_run_directory_holds_everything(tiny_run):
@@ -55,17 +57,25 @@ def test_corrupt_or_missing_checkpoint_is_a_clear_error(tiny_run, tmp_path):
 
 
 def test_warmup_then_cosine():
-    f = lr_lambda(10, 110)
+    f = functools.partial(lr_factor, warmup=10, total=110)
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.5) and f(110) == pytest.approx(0.0, abs=1e-9)
     assert all(f(s) >= f(s + 1) for s in range(10, 110))
 
 
-def test_rate_warms_up_again_when_the_curriculum_ends():
-    plain, f = lr_lambda(10, 110), lr_lambda(10, 110, restart=50)
-    assert [f(s) for s in range(50)] == [plain(s) for s in range(50)]
-    assert f(50) == pytest.approx(plain(50) / 10) and f(54) == pytest.approx(plain(54) / 2)
-    assert [f(s) for s in range(60, 111)] == [plain(s) for s in range(60, 111)]
+def test_rate_holds_through_the_curriculum_then_warms_up_again(tiny_split, tiny_train_config):
+    cfg = dataclasses.replace(tiny_train_config, curriculum_types=("horizontal", "vertical"),
+                              curriculum_steps=30, epochs=2)
+    plan = BatchPlan(tiny_split, cfg, Dist())
+    total = 30 + 2 * plan.steps_per_epoch
+    assert plan.total_steps == total
+    assert [plan.rate(s, 5) for s in range(5)] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert all(plan.rate(s, 5) == 1.0 for s in range(5, 30))  # no decay during the curriculum
+    # from the step it ends: the warmup again, then the cosine over the epochs alone
+    after = [plan.rate(s, 5) for s in range(30, total + 1)]
+    assert after[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert after[5 + (total - 35) // 2] == pytest.approx(0.5, abs=0.05)
+    assert all(a >= b for a, b in zip(after[4:], after[5:])) and after[-1] == pytest.approx(0)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +88,6 @@ def tiny_split(tiny_data):
 
 
 def test_curriculum_draws_only_its_types_then_every_row(tiny_split, tiny_train_config):
-    import dataclasses
-
     cfg = dataclasses.replace(tiny_train_config, curriculum_types=("horizontal", "vertical"),
                               curriculum_steps=4, epochs=2)
     plan = BatchPlan(tiny_split, cfg, Dist())
@@ -93,11 +101,50 @@ def test_curriculum_draws_only_its_types_then_every_row(tiny_split, tiny_train_c
     assert set(types[epoch]) == set(types)
     np.testing.assert_array_equal(plan.rows(5), plan.rows(5))
     assert plan.total_steps == 4 + 2 * plan.steps_per_epoch
+    # ended early, the epochs start at once and keep their length
+    first_batch = plan.rows(4)
+    plan.end_curriculum(2)
+    np.testing.assert_array_equal(plan.rows(2), first_batch)
+    assert plan.total_steps == 2 + 2 * plan.steps_per_epoch
+
+
+def test_curriculum_ends_once_its_loss_is_low_and_resume_keeps_that(
+        tiny_train_config, tmp_path, monkeypatch):
+    import toolkit.train as T
+
+    monkeypatch.setattr(T, "CURRICULUM_WINDOW", 3)  # the name train.py reads
+    logs = []
+    # Any loss is below 1e9: the curriculum ends as soon as its window is full (step 3).
+    cfg = dataclasses.replace(tiny_train_config, out=str(tmp_path / "r"), epochs=1,
+                              curriculum_types=("horizontal", "vertical"), curriculum_steps=50,
+                              curriculum_loss=1e9)
+    result = train(cfg, log=logs.append)
+    spe = BatchPlan(T.prepare_data(cfg)[3], cfg, Dist()).steps_per_epoch
+    assert result["report"]["steps"] == 3 + spe
+    assert any("curriculum learned at step 3" in m for m in logs)
+    history = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"]
+    assert history[0]["step"] == 3  # evaluated when the curriculum ended
+    assert torch.load(tmp_path / "r" / "resume.pt", weights_only=True)["curriculum_ended"] == 3
+    resumed = train(dataclasses.replace(cfg, epochs=2, resume=True), log=lambda *_: None)
+    assert resumed["report"]["steps"] == 3 + 2 * spe  # not 50 + 2 epochs: the end was kept
+    # with --curriculum-loss 0 every curriculum step runs
+    never = train(dataclasses.replace(cfg, out=str(tmp_path / "n"), curriculum_steps=5,
+                                      curriculum_loss=0.0), log=lambda *_: None)
+    assert never["report"]["steps"] == 5 + spe
+    # the image summary stays at zero through the curriculum and trains after it
+    summary = never["model"].fusion.summary.weight
+    assert summary.abs().sum() > 0
+    only = train(dataclasses.replace(cfg, out=str(tmp_path / "c"), curriculum_steps=5, epochs=0,
+                                     curriculum_loss=0.0), log=lambda *_: None)
+    assert only["report"]["steps"] == 5
+    assert only["model"].fusion.summary.weight.abs().sum() == 0
+    torch.manual_seed(cfg.seed)
+    init = DualModalNet(only["config"])
+    assert not torch.equal(only["model"].head[0].weight, init.head[0].weight)  # the rest trained
 
 
 @pytest.mark.parametrize("by", list(BatchBy))
 def test_batches_by_question_or_by_whole_image(tiny_split, tiny_train_config, by):
-    import dataclasses
 
     plan = BatchPlan(tiny_split, dataclasses.replace(tiny_train_config, batch_by=by), Dist())
     epoch = [plan.rows(b) for b in range(plan.steps_per_epoch)]
@@ -116,13 +163,13 @@ def test_batches_by_question_or_by_whole_image(tiny_split, tiny_train_config, by
 
 
 def test_curriculum_of_an_absent_type_is_refused(tiny_split, tiny_train_config):
-    import dataclasses
-
     cfg = dataclasses.replace(tiny_train_config, curriculum_types=("colour",), curriculum_steps=4)
     with pytest.raises(ConfigError, match="colour: no training row has that question type"):
         BatchPlan(tiny_split, cfg, Dist())
     with pytest.raises(ConfigError, match="needs both"):
         dataclasses.replace(tiny_train_config, curriculum_steps=4)
+    with pytest.raises(ConfigError, match="--curriculum-loss must be >= 0"):
+        dataclasses.replace(tiny_train_config, curriculum_loss=-1.0)
 
 
 def test_training_learns_a_fixed_batch(tiny_data, tmp_path):
@@ -144,7 +191,6 @@ def test_training_learns_a_fixed_batch(tiny_data, tmp_path):
 
 
 def test_resume_continues_from_the_saved_step(tiny_train_config, tiny_run, tmp_path):
-    import dataclasses
     import shutil
 
     run = tmp_path / "run"
@@ -158,7 +204,6 @@ def test_resume_continues_from_the_saved_step(tiny_train_config, tiny_run, tmp_p
 
 
 def test_resume_without_a_checkpoint_is_refused(tiny_train_config, tmp_path):
-    import dataclasses
 
     cfg = dataclasses.replace(tiny_train_config, out=str(tmp_path / "fresh"), resume=True)
     with pytest.raises(CheckpointError, match="resume.pt not found"):
@@ -182,7 +227,6 @@ def _ddp_worker(rank, world, port, cfg, out_dir):
 
 @pytest.mark.slow
 def test_two_gloo_processes_hold_identical_weights(tiny_train_config, tmp_path):
-    import dataclasses
 
     import torch.multiprocessing as mp
 

@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from toolkit.config import (ArtifactFormat, BatchBy, CalibMethod, Device, HardwareCompat,
-                            Int8Target, Precision)
+from toolkit.config import (CURRICULUM_WINDOW, ArtifactFormat, BatchBy, CalibMethod, Device,
+                            HardwareCompat, Int8Target, Precision)
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -111,7 +111,10 @@ def train(
                                        help="Leave out bad manifest rows instead of stopping."),
     curriculum_types: str = typer.Option(
         "", help="Comma-separated question types to train on first, e.g. horizontal,vertical."),
-    curriculum_steps: int = typer.Option(0, min=0, help="Steps of the curriculum."),
+    curriculum_steps: int = typer.Option(0, min=0, help="Steps of the curriculum, at most."),
+    curriculum_loss: float = typer.Option(
+        0.05, min=0.0, help="End the curriculum early once its mean training loss over the last "
+        f"{CURRICULUM_WINDOW} steps is below this; 0 runs every curriculum step."),
 ) -> None:
     """Train a model; best and last checkpoints land in OUT."""
     from toolkit import config as C
@@ -130,7 +133,7 @@ def train(
                         eval_every=eval_every, skip_bad_rows=skip_bad_rows, resume=resume,
                         max_train_seconds=max_train_seconds,
                         curriculum_types=tuple(t for t in curriculum_types.split(",") if t),
-                        curriculum_steps=curriculum_steps)
+                        curriculum_steps=curriculum_steps, curriculum_loss=curriculum_loss)
     result = run_train(cfg, log=console.print)
     if result["report"] is not None:
         console.print(f"best checkpoint: {out / 'best.safetensors'}")

@@ -124,6 +124,10 @@ class DataConfig:
     seed: int = 0
 
 
+# Steps whose mean training loss decides that a curriculum has been learned (--curriculum-loss).
+CURRICULUM_WINDOW = 100
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     data: str  # a dataset directory (train.jsonl, val.jsonl) or a manifest file
@@ -146,19 +150,25 @@ class TrainConfig:
     skip_bad_rows: bool = False
     resume: bool = False
     max_train_seconds: float | None = None  # stop (and save) once this wall-clock budget is spent
-    # Curriculum: the first `curriculum_steps` steps train only on questions of these types (the
-    # manifest's `question_type`), then the epochs run on every row. On the embedded dataset,
-    # questions that no image statistic answers (left/right, top/bottom) force the model to find
-    # the object the question names; trained on everything at once it settles on image statistics
-    # instead (bench/training.md).
+    # Curriculum: the first steps train only on questions of these types (the manifest's
+    # `question_type`), then the epochs run on every row. On the embedded dataset, questions that
+    # no image statistic answers (left/right, top/bottom) force the model to find the object the
+    # question names; trained on everything at once it settles on image statistics instead
+    # (bench/training.md). The curriculum lasts `curriculum_steps` at most, and ends earlier once
+    # the mean training loss of its last CURRICULUM_WINDOW steps is below `curriculum_loss`
+    # (0: never early). The rate stays at its peak during the curriculum.
     curriculum_types: tuple[str, ...] = ()
     curriculum_steps: int = 0
+    curriculum_loss: float = 0.05
 
     def __post_init__(self) -> None:
         if bool(self.curriculum_types) != bool(self.curriculum_steps):
             raise ConfigError("a curriculum needs both --curriculum-types and --curriculum-steps "
                               f"(got types {list(self.curriculum_types)}, "
                               f"steps {self.curriculum_steps})")
+        if self.curriculum_loss < 0:
+            raise ConfigError(f"--curriculum-loss must be >= 0 (0: run every curriculum step), "
+                              f"got {self.curriculum_loss}")
 
 
 # Presets name sizes. `seed` is the architecture document's model; `small` keeps its structure with

@@ -21,7 +21,7 @@ from torch import nn
 
 from toolkit.artifacts import atomic_path, write_json
 from toolkit.checkpoint import CheckpointError, read_config, save_weights, write_run_files
-from toolkit.config import BatchBy, ConfigError, TrainConfig, to_dict
+from toolkit.config import CURRICULUM_WINDOW, BatchBy, ConfigError, TrainConfig, to_dict
 from toolkit.data.manifest import dataset_labels, load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.evaluate import evaluate, to_torch
@@ -30,25 +30,23 @@ from toolkit.model import DualModalNet
 from toolkit.runtime.devices import resolve_device
 
 
-def lr_lambda(warmup: int, total: int, restart: int = 0):
-    """Linear warmup to the peak, then cosine decay to zero at `total` steps.
+def lr_factor(step: int, warmup: int, total: int, start: int = 0, decay: bool = True) -> float:
+    """The rate at `step` as a fraction of the peak: linear warmup over `warmup` steps from
+    `start`, then (with `decay`) cosine decay to zero at `total`.
 
-    With `restart` (the curriculum's length) the rate warms up again from that step. Adam's moment
-    estimates then describe the curriculum's small gradients; the new question types' large ones,
-    divided by them, take steps big enough to undo what the curriculum learned (measured:
-    bench/training.md). The cosine still runs over the whole of training.
+    With a curriculum the rate warms up, stays at its peak while the curriculum runs (its length
+    is known only when it ends), then warms up again from the step it ended (`start`) and decays
+    over the epochs. Adam's moment estimates then describe the curriculum's small gradients; the
+    new question types' large ones, divided by them, would take steps big enough to undo what the
+    curriculum learned (measured: bench/training.md).
     """
-
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        rate = 0.5 * (1.0 + math.cos(math.pi * progress))
-        if 0 < restart <= step < restart + warmup:
-            rate *= (step - restart + 1) / warmup
-        return rate
-
-    return f
+    s = step - start
+    if s < warmup:
+        return (s + 1) / warmup
+    if not decay:
+        return 1.0
+    progress = min(1.0, (s - warmup) / max(1, total - start - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -97,21 +95,23 @@ def prepare_data(cfg: TrainConfig, run: Path | None = None):
 
 
 class BatchPlan:
-    """Which training rows make up step `n`: a pure function of the step, so `--resume` and DDP
-    ranks agree without any state.
+    """Which training rows make up step `n`: a pure function of the step and of the step the
+    curriculum ended, so `--resume` and DDP ranks agree without any other state.
 
     With `BatchBy.question` each row is drawn on its own; with `BatchBy.image` a batch is whole
-    images with all their questions, so the vision tower runs once per image. The first
-    `curriculum_steps` draw only questions of `curriculum_types`; the epochs follow on all rows.
+    images with all their questions, so the vision tower runs once per image. The curriculum
+    draws only questions of `curriculum_types`, for `curriculum_steps` at most (`end_curriculum`
+    ends it earlier); the epochs follow on all rows.
     """
 
     def __init__(self, split, cfg: TrainConfig, ddp: Dist):
-        self.seed, self.ddp = cfg.seed, ddp
+        self.seed, self.ddp, self.max_steps = cfg.seed, ddp, cfg.max_steps
         groups = split.image_groups()
         if cfg.batch_by is BatchBy.question:  # every row its own group
             groups = [row[None] for g in groups for row in g]
         self.full = _Pool(groups, len(split), cfg.batch_size, ddp.world)
         self.curriculum_steps = cfg.curriculum_steps  # TrainConfig: 0 exactly when no types
+        self.ended: int | None = None  # the step the curriculum ended early, if it did
         self.first = None
         if self.curriculum_steps:
             wanted = set(cfg.curriculum_types)
@@ -126,13 +126,31 @@ class BatchPlan:
             self.first = _Pool([g for g in kept if len(g)], int(keep.sum()), cfg.batch_size,
                                ddp.world)
         self.steps_per_epoch = self.full.steps_per_epoch
-        total = self.curriculum_steps + self.steps_per_epoch * cfg.epochs
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps is not None else total
+        self.epochs = cfg.epochs
+
+    @property
+    def curriculum_end(self) -> int:
+        """The first step on all rows (0 without a curriculum)."""
+        return self.curriculum_steps if self.ended is None else self.ended
+
+    def end_curriculum(self, step: int) -> None:
+        self.ended = step
+
+    @property
+    def total_steps(self) -> int:
+        total = self.curriculum_end + self.steps_per_epoch * self.epochs
+        return total if self.max_steps is None else min(total, self.max_steps)
+
+    def rate(self, step: int, warmup: int) -> float:
+        """The learning-rate factor of `step` (lr_factor)."""
+        if step < self.curriculum_end:
+            return lr_factor(step, warmup, self.total_steps, decay=False)
+        return lr_factor(step, warmup, self.total_steps, start=self.curriculum_end)
 
     def rows(self, step: int) -> np.ndarray:
-        if step < self.curriculum_steps:
+        if step < self.curriculum_end:
             return self.first.rows(step, self.seed + 1_000_003, self.ddp.rank)
-        return self.full.rows(step - self.curriculum_steps, self.seed, self.ddp.rank)
+        return self.full.rows(step - self.curriculum_end, self.seed, self.ddp.rank)
 
 
 class _Pool:
@@ -174,22 +192,24 @@ def train(cfg: TrainConfig, log=print) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
                             foreach=True)
     plan = BatchPlan(train_split, cfg, ddp)
-    total = plan.total_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(cfg.warmup_steps, total // 4 + 1),
-                                                             total, plan.curriculum_steps))
-    state = {"step": 0, "best": -1.0, "history": []}
+    warmup = min(cfg.warmup_steps, plan.total_steps // 4 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: plan.rate(step, warmup))
+    state = {"step": 0, "best": -1.0, "history": [], "curriculum_ended": None}
     if cfg.resume:
         ck = torch.load(resume_file, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        state = {"step": ck["step"], "best": ck["best"], "history": ck["history"]}
+        state = {k: ck.get(k, v) for k, v in state.items()}
+        if state["curriculum_ended"] is not None:
+            plan.end_curriculum(state["curriculum_ended"])
         if ddp.main:
             log(f"resumed {out} at step {state['step']}")
     elif ddp.main:
         write_run_files(out, mcfg, to_dict(dataclasses.replace(cfg, model=mcfg)), tokenizer, labels)
 
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    held = model.fusion.held_during_curriculum()
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else nullcontext())
     loss_fn = nn.CrossEntropyLoss()
@@ -209,8 +229,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                               "history": state["history"]})
         with atomic_path(resume_file) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "step": state["step"],
-                        "best": state["best"], "history": state["history"]}, tmp)
+                        "scheduler": sched.state_dict(), **state}, tmp)
 
     def run_eval() -> dict:
         report = evaluate(model, val_split, tokenizer, mcfg, labels, device)
@@ -221,14 +240,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
             + " ".join(f"{k} {v:.0%}" for k, v in report["per_type"].items()))
         return report
 
-    progress = _progress(total, disable=not ddp.main)
+    progress = _progress(plan.total_steps, disable=not ddp.main)
     started = time.perf_counter()
     seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
+    curriculum_losses: list[float] = []
     report = None
     with progress:
-        task = progress.add_task("train", total=total, completed=state["step"], loss=float("nan"),
-                                 rate=0.0)
-        while state["step"] < total:
+        task = progress.add_task("train", total=plan.total_steps, completed=state["step"],
+                                 loss=float("nan"), rate=0.0)
+        while state["step"] < plan.total_steps:
             net.train()
             idx = plan.rows(state["step"])
             inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std,
@@ -238,10 +258,25 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 loss = loss_fn(net(**inputs).float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if state["step"] < plan.curriculum_end:
+                for p in held:  # no gradient, so AdamW leaves them (and their decay) alone
+                    p.grad = None
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            sched.step()
             state["step"] += 1
+            if state["step"] < plan.curriculum_end and cfg.curriculum_loss:
+                curriculum_losses = curriculum_losses[1 - CURRICULUM_WINDOW:] + [
+                    _mean_over_ranks(loss.detach(), ddp)]
+                mean = sum(curriculum_losses) / CURRICULUM_WINDOW
+                if len(curriculum_losses) == CURRICULUM_WINDOW and mean < cfg.curriculum_loss:
+                    plan.end_curriculum(state["step"])
+                    state["curriculum_ended"] = state["step"]
+                    progress.update(task, total=plan.total_steps)
+                    if ddp.main:
+                        log(f"curriculum learned at step {state['step']}: mean training loss "
+                            f"{mean:.3f} over its last {CURRICULUM_WINDOW} steps < "
+                            f"--curriculum-loss {cfg.curriculum_loss}")
+            sched.step()  # the rate of the next step, which may be the first on all rows
             seen += len(idx) * ddp.world
             now = time.perf_counter()
             window_loss += loss.item()
@@ -250,14 +285,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
                             rate=seen / max(now - window_start, 1e-9))
             out_of_time = (cfg.max_train_seconds is not None
                            and now - started > cfg.max_train_seconds)
-            if (state["step"] % eval_every == 0 or state["step"] == plan.curriculum_steps
-                    or state["step"] >= total or out_of_time):
+            if (state["step"] % eval_every == 0 or state["step"] == plan.curriculum_end
+                    or state["step"] >= plan.total_steps or out_of_time):
                 report = run_eval() if ddp.main else None
                 checkpoint(report)
                 seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
             if out_of_time:
                 if ddp.main:
-                    log(f"stopped at step {state['step']}/{total}: --max-train-seconds reached")
+                    log(f"stopped at step {state['step']}/{plan.total_steps}: "
+                        "--max-train-seconds reached")
                 break
     if ddp.world > 1:
         # BatchNorm running statistics are updated locally by each rank's last forward pass; make
@@ -269,6 +305,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
         report["steps"] = state["step"]
     return {"report": report, "model": model, "labels": labels, "config": mcfg,
             "tokenizer": tokenizer}
+
+
+def _mean_over_ranks(x: torch.Tensor, ddp: Dist) -> float:
+    """The mean of a scalar over DDP ranks, so that every rank ends the curriculum together."""
+    if ddp.world > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= ddp.world
+    return x.item()
 
 
 def _progress(total: int, disable: bool):

@@ -12,37 +12,6 @@ cfg = TrainConfig(data=a.get('data', 'data/sort-of-clevr'), out=a.get('out', '/t
                   batch_size=int(a.get('bs', 64)), batch_by=BatchBy(a.get('by', 'question')), lr=float(a.get('lr', 1e-3)), warmup_steps=int(a.get('warmup', 200)),
                   eval_every=int(a.get('eval', 300)), seed=int(a.get('seed', 0)), max_train_seconds=float(a.get('secs', 600)),
                   curriculum_types=tuple(a.get('ctypes', 'horizontal,vertical').split(',')) if int(a.get('csteps', 0)) else (),
-                  curriculum_steps=int(a.get('csteps', 0)))
-if int(a.get('pre', 0)):  # probe: N steps on all rows before the curriculum
-    import toolkit.train as T
-    pre, Orig = int(a['pre']), T.BatchPlan
-    class PrePlan(Orig):
-        def __init__(self, split, cfg, ddp):
-            super().__init__(split, cfg, ddp)
-            self.curriculum_steps += pre
-            self.total_steps += pre
-        def rows(self, step):
-            if step < pre:
-                return self.full.rows(step, self.seed + 7, self.ddp.rank)
-            if step < self.curriculum_steps:
-                return self.first.rows(step - pre, self.seed + 1_000_003, self.ddp.rank)
-            return self.full.rows(step - self.curriculum_steps, self.seed, self.ddp.rank)
-    T.BatchPlan = PrePlan
-if a.get("stats", "0") != "0":  # probe: the head also reads the mean of the raw visual tokens
-    from toolkit.model import fusion as F
-    init0, fwd0 = F.FusionModule.__init__, F.FusionModule.forward
-    def init(self, mcfg):
-        init0(self, mcfg); self.stats = torch.nn.Linear(mcfg.dim, mcfg.dim)
-        if a.get("stats") == "0init": torch.nn.init.zeros_(self.stats.weight); torch.nn.init.zeros_(self.stats.bias)
-    def fwd(self, v, t, mask):
-        return fwd0(self, v, t, mask) + self.stats(v.mean(1))
-    F.FusionModule.__init__, F.FusionModule.forward = init, fwd
-if float(a.get('floor', 0)):  # probe: the cosine never goes below this fraction of the peak rate
-    import toolkit.train as T
-    lam0, floor = T.lr_lambda, float(a['floor'])
-    def lam(warmup, total, restart=0):
-        f = lam0(warmup, total, restart)
-        return lambda step: max(f(step), floor) if step >= restart + warmup else f(step)
-    T.lr_lambda = lam
+                  curriculum_steps=int(a.get('csteps', 0)), curriculum_loss=float(a.get('closs', 0.05)))
 t = time.time(); r = train(cfg, log=print)
 print('total', round(time.time() - t), r['report']['groups'], r['report']['per_type'])

@@ -145,3 +145,24 @@ def test_shared_images_equal_repeated_images():
     uniq = image[:2]
     index = torch.tensor([0, 1, 1, 0, 1])
     torch.testing.assert_close(m(uniq, ids, mask, image_index=index), m(uniq[index], ids, mask))
+
+
+@torch.no_grad()
+def test_image_summary_reaches_the_head_when_the_cell_mlp_silences_every_cell():
+    # With the per-cell MLP the cells a question does not name are silenced; the summary of the
+    # cells as they entered the fusion keeps image statistics ("how many squares") in reach.
+    torch.manual_seed(0)
+    cfg = preset("tiny")
+    m = DualModalNet(cfg).eval()
+    summary = m.fusion.summary
+    assert summary.weight.abs().sum() == 0 and summary.bias.abs().sum() == 0  # starts silent
+    m.fusion.blocks[0].visual_to_text.mlp[-2].bias.fill_(-1e4)  # every cell's output: ReLU -> 0
+    image, ids, mask = _inputs(cfg, batch=2)
+    image[1] = torch.rand_like(image[1])  # a different picture, the same question
+    ids[1], mask[1] = ids[0], mask[0]
+    out = m(image, ids, mask)
+    torch.testing.assert_close(out[0], out[1])  # nothing of the image gets through
+    torch.nn.init.normal_(summary.weight, std=0.1)
+    out = m(image, ids, mask)
+    assert (out[0] - out[1]).abs().max() > 1e-3  # the summary carries it
+    assert DualModalNet(preset("tiny", fusion_cell_mlp=0)).fusion.summary is None

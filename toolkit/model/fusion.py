@@ -15,12 +15,21 @@ LayerNorm of the seed's attention the question's object was found late or never;
 output replacing the cell, and the curriculum of `toolkit train`, within 70-100k training questions.
 
 The cells are summed, not averaged: "how many objects share its shape" is a count.
+
+The MLP also silences the cells a question does not name, so nothing but the named object would
+reach the head; "how many objects share its shape" also needs the shapes of all the others. With
+`fusion_cell_mlp` a linear read of the mean of the cells as they entered the fusion (`summary`) is
+added to the output, so that statistics of the whole image keep a path. It starts at zero, and
+training holds it there while a curriculum runs (`held_during_curriculum`): no statistic answers
+the curriculum's questions, and a summary that has weights sends every cell the same gradient,
+which stopped the binding in the runs of bench/training.md.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils import skip_init
 
 from toolkit.config import Fusion, ModelConfig
 
@@ -85,17 +94,29 @@ class FusionModule(nn.Module):
         super().__init__()
         self.kind = cfg.fusion
         d = cfg.dim
+        self.summary: nn.Linear | None = None
         if self.kind is Fusion.cross_attention:
             self.blocks = nn.ModuleList(BidirectionalBlock(cfg) for _ in range(cfg.fusion_layers))
             self.out = nn.Linear(2 * d, d)
+            if cfg.fusion_cell_mlp:
+                # zeros, with no random draws: the rest of the model initialises as without it
+                self.summary = skip_init(nn.Linear, d, d)
+                nn.init.zeros_(self.summary.weight)
+                nn.init.zeros_(self.summary.bias)
         elif self.kind is Fusion.concat:
             self.out = nn.Linear(2 * d, d)
         else:  # elementwise
             self.out = nn.Linear(d, d)
 
+    def held_during_curriculum(self) -> list[nn.Parameter]:
+        return [] if self.summary is None else list(self.summary.parameters())
+
     def forward(self, v: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         # v: (B, N, D) visual tokens; t: (B, L, D) text tokens; mask: (B, L), 1 = real token
         q = masked_mean(t, mask).unsqueeze(1)  # (B, 1, D)
+        summary = None
+        if self.summary is not None:
+            summary = self.summary(v.mean(1))  # (B, D), before the MLP silences any cell
         if self.kind is Fusion.cross_attention:
             text_pad = mask == 0  # (B, L) True where padding: masked out as keys
             for block in self.blocks:
@@ -104,4 +125,5 @@ class FusionModule(nn.Module):
         pooled_v = v.sum(1)  # (B, D); one token (the seed's pooled image) is itself
         if self.kind is Fusion.elementwise:
             return self.out(pooled_v * pooled_t)  # (B, D)
-        return self.out(torch.cat([pooled_v, pooled_t], dim=-1))  # (B, D)
+        fused = self.out(torch.cat([pooled_v, pooled_t], dim=-1))  # (B, D)
+        return fused if summary is None else fused + summary
