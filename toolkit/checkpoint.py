@@ -27,7 +27,8 @@ from toolkit.data.preprocess import Tokenizer
 from toolkit.errors import ToolkitError
 from toolkit.model import DualModalNet
 
-FORMAT_VERSION = 1
+# 2: the fusion's summary of the cells (a checkpoint of format 1 lacks its weights).
+FORMAT_VERSION = 2
 
 
 class CheckpointError(ToolkitError):
