@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 import os
 import time
 from contextlib import nullcontext
@@ -194,15 +195,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
     plan = BatchPlan(train_split, cfg, ddp)
     warmup = min(cfg.warmup_steps, plan.total_steps // 4 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: plan.rate(step, warmup))
-    state = {"step": 0, "best": -1.0, "history": [], "curriculum_ended": None}
+    state = {"step": 0, "best": -1.0, "history": []}
     if cfg.resume:
         ck = torch.load(resume_file, map_location=device, weights_only=True)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        state = {k: ck.get(k, v) for k, v in state.items()}
-        if state["curriculum_ended"] is not None:
-            plan.end_curriculum(state["curriculum_ended"])
+        state = {k: ck[k] for k in state}
+        if ck.get("curriculum_ended") is not None:
+            plan.end_curriculum(ck["curriculum_ended"])
         if ddp.main:
             log(f"resumed {out} at step {state['step']}")
     elif ddp.main:
@@ -229,7 +230,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                               "history": state["history"]})
         with atomic_path(resume_file) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), **state}, tmp)
+                        "scheduler": sched.state_dict(), "curriculum_ended": plan.ended,
+                        **state}, tmp)
 
     def run_eval() -> dict:
         report = evaluate(model, val_split, tokenizer, mcfg, labels, device)
@@ -243,7 +245,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     progress = _progress(plan.total_steps, disable=not ddp.main)
     started = time.perf_counter()
     seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
-    curriculum_losses: list[float] = []
+    curriculum_losses: deque[float] = deque(maxlen=CURRICULUM_WINDOW)
     report = None
     with progress:
         task = progress.add_task("train", total=plan.total_steps, completed=state["step"],
@@ -265,12 +267,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             opt.step()
             state["step"] += 1
             if state["step"] < plan.curriculum_end and cfg.curriculum_loss:
-                curriculum_losses = curriculum_losses[1 - CURRICULUM_WINDOW:] + [
-                    _mean_over_ranks(loss.detach(), ddp)]
+                curriculum_losses.append(_mean_over_ranks(loss.detach(), ddp))
                 mean = sum(curriculum_losses) / CURRICULUM_WINDOW
                 if len(curriculum_losses) == CURRICULUM_WINDOW and mean < cfg.curriculum_loss:
                     plan.end_curriculum(state["step"])
-                    state["curriculum_ended"] = state["step"]
                     progress.update(task, total=plan.total_steps)
                     if ddp.main:
                         log(f"curriculum learned at step {state['step']}: mean training loss "
