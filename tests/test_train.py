@@ -145,7 +145,6 @@ def test_curriculum_ends_once_its_loss_is_low_and_resume_keeps_that(
 
 @pytest.mark.parametrize("by", list(BatchBy))
 def test_batches_by_question_or_by_whole_image(tiny_split, tiny_train_config, by):
-
     plan = BatchPlan(tiny_split, dataclasses.replace(tiny_train_config, batch_by=by), Dist())
     epoch = [plan.rows(b) for b in range(plan.steps_per_epoch)]
     flat = np.concatenate(epoch)
@@ -204,7 +203,6 @@ def test_resume_continues_from_the_saved_step(tiny_train_config, tiny_run, tmp_p
 
 
 def test_resume_without_a_checkpoint_is_refused(tiny_train_config, tmp_path):
-
     cfg = dataclasses.replace(tiny_train_config, out=str(tmp_path / "fresh"), resume=True)
     with pytest.raises(CheckpointError, match="resume.pt not found"):
         train(cfg)
@@ -227,7 +225,6 @@ def _ddp_worker(rank, world, port, cfg, out_dir):
 
 @pytest.mark.slow
 def test_two_gloo_processes_hold_identical_weights(tiny_train_config, tmp_path):
-
     import torch.multiprocessing as mp
 
     cfg = dataclasses.replace(tiny_train_config, out=str(tmp_path / "ddp"), max_steps=3,
