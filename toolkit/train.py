@@ -266,8 +266,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             state["step"] += 1
+            value = loss.item()  # one host sync a step
             if state["step"] < plan.curriculum_end and cfg.curriculum_loss:
-                curriculum_losses.append(_mean_over_ranks(loss.detach(), ddp))
+                curriculum_losses.append(value if ddp.world == 1
+                                         else _mean_over_ranks(loss.detach(), ddp))
                 mean = sum(curriculum_losses) / CURRICULUM_WINDOW
                 if len(curriculum_losses) == CURRICULUM_WINDOW and mean < cfg.curriculum_loss:
                     plan.end_curriculum(state["step"])
@@ -279,9 +281,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             sched.step()  # the rate of the next step, which may be the first on all rows
             seen += len(idx) * ddp.world
             now = time.perf_counter()
-            window_loss += loss.item()
+            window_loss += value
             window_steps += 1
-            progress.update(task, advance=1, loss=loss.item(),
+            progress.update(task, advance=1, loss=value,
                             rate=seen / max(now - window_start, 1e-9))
             out_of_time = (cfg.max_train_seconds is not None
                            and now - started > cfg.max_train_seconds)
@@ -309,11 +311,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def _mean_over_ranks(x: torch.Tensor, ddp: Dist) -> float:
     """The mean of a scalar over DDP ranks, so that every rank ends the curriculum together."""
-    if ddp.world > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= ddp.world
-    return x.item()
+    x = x.clone()
+    dist.all_reduce(x)
+    return x.item() / ddp.world
 
 
 def _progress(total: int, disable: bool):
