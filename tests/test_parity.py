@@ -85,6 +85,9 @@ def test_cli_parity_exits_1_when_a_tolerance_is_exceeded(tiny_run, tiny_data, ti
     (["--precision", "int8"], "--calibration"),
     (["--precision", "int8", "--calibration", "{data}", "--calib-samples", "99999"], "fewer than"),
     (["--precision", "fp32", "--fp16-io"], "--fp16-io"),
+    (["--precision", "int8", "--calibration", "{data}", "--exclude-op-type", "Softmax"], "Softmax"),
+    (["--precision", "int8", "--calibration", "{data}", "--exclude-op-type", "Conv",
+      "--exclude-op-type", "MatMul", "--exclude-op-type", "Gemm"], "nothing would be INT8"),
 ])
 def test_cli_export_bad_input_exits_non_zero_and_writes_nothing(tiny_run, tiny_data, tmp_path,
                                                                args, message):
@@ -95,6 +98,19 @@ def test_cli_export_bad_input_exits_non_zero_and_writes_nothing(tiny_run, tiny_d
     assert message in r.output
     assert "Traceback" not in r.output
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_int8_keeps_the_excluded_op_type_float(tiny_run, tiny_data, tmp_path):
+    import onnx
+
+    from toolkit.export.graph import get_metadata
+
+    out = tmp_path / "m.onnx"
+    r = _run("export", "--checkpoint", tiny_run, "--out", out, "--precision", "int8",
+             "--calibration", tiny_data, "--calib-samples", "16", "--exclude-op-type", "Conv")
+    assert r.exit_code == 0, r.output
+    assert "Conv kept in float" in r.output
+    assert get_metadata(onnx.load(str(out))).extra["exclude_op_types"] == ["Conv"]
 
 
 def test_cli_parity_on_a_file_that_is_not_onnx(tiny_run, tmp_path):

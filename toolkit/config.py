@@ -258,6 +258,13 @@ class Precision(str, enum.Enum):
     int8 = "int8"
 
 
+class QuantOp(str, enum.Enum):
+    """The op types INT8 quantizes (their inputs get QuantizeLinear/DequantizeLinear)."""
+    Conv = "Conv"
+    MatMul = "MatMul"
+    Gemm = "Gemm"
+
+
 class Int8Target(str, enum.Enum):
     # Explicit QDQ that TensorRT's strongly typed builder accepts: signed int8, every zero point 0.
     tensorrt = "tensorrt"
@@ -293,10 +300,17 @@ class Int8Config:
     method: CalibMethod = CalibMethod.minmax
     target: Int8Target = Int8Target.tensorrt
     batch_size: int = 8
+    # Op types kept in float. The embedded `small` model's three convolutions carry the colours
+    # the fusion binds; quantized, they cost 4 points of held-out accuracy (bench/export.md).
+    exclude_op_types: tuple[QuantOp, ...] = ()
 
     def __post_init__(self) -> None:
         if self.samples < 1:
             raise ConfigError(f"calib samples must be >= 1, got {self.samples}")
+        if set(self.exclude_op_types) >= set(QuantOp):
+            raise ConfigError("--exclude-op-type names every quantized op type "
+                              f"({', '.join(o.value for o in QuantOp)}): nothing would be INT8; "
+                              "export --precision fp32 or fp16 instead")
 
 
 @dataclass(frozen=True)

@@ -13,5 +13,9 @@ cfg = TrainConfig(data=a.get('data', 'data/sort-of-clevr'), out=a.get('out', '/t
                   eval_every=int(a.get('eval', 300)), seed=int(a.get('seed', 0)), max_train_seconds=float(a.get('secs', 600)),
                   curriculum_types=tuple(a.get('ctypes', 'horizontal,vertical').split(',')) if int(a.get('csteps', 0)) else (),
                   curriculum_steps=int(a.get('csteps', 0)), curriculum_loss=float(a.get('closs', 0.05)))
+if 'lrafter' in a:  # scale the rate after the curriculum
+    import toolkit.train as T
+    _rate = T.BatchPlan.rate
+    T.BatchPlan.rate = lambda self, step, warmup: _rate(self, step, warmup) * (float(a['lrafter']) if step >= self.curriculum_end else 1.0)
 t = time.time(); r = train(cfg, log=print)
 print('total', round(time.time() - t), r['report']['groups'], r['report']['per_type'])

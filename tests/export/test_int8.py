@@ -76,6 +76,47 @@ def test_cpu_target_is_u8s8_and_runs(tiny_run, tiny_data, tmp_path, method):
     assert r.comparison.outputs[0].cosine > 0.9  # runs and is not garbage
 
 
+def test_excluded_op_types_stay_float_and_the_rest_is_quantized(tiny_run, tiny_data, tmp_path):
+    import onnx
+
+    from toolkit.config import QuantOp
+    from toolkit.export.graph import get_metadata
+
+    r = _export(tiny_run, tiny_data, tmp_path / "m.onnx",
+                Int8Config(str(tiny_data), samples=16, exclude_op_types=(QuantOp.Conv,)))
+    m = onnx.load(str(r.path))
+    producer = {o: n.op_type for n in m.graph.node for o in n.output}
+    inputs = {n.op_type: [] for n in m.graph.node}
+    for n in m.graph.node:
+        inputs[n.op_type] += [producer.get(x) for x in n.input[:2]]
+    assert inputs["Conv"] and "DequantizeLinear" not in inputs["Conv"]  # image and weights float
+    assert "DequantizeLinear" in inputs["MatMul"]
+    meta = get_metadata(m)
+    assert meta.extra["exclude_op_types"] == ["Conv"]
+    ops = [n.op_type for n in m.graph.node]
+    assert meta.extra["float_ops"] == ops.count("Conv")
+    assert meta.extra["quantized_ops"] == ops.count("MatMul") + ops.count("Gemm")
+    assert r.comparison.outputs[0].cosine > 0.9
+
+
+def test_check_qdq_refuses_an_excluded_op_type_that_was_quantized(tiny_int8):
+    import onnx
+
+    from toolkit.config import QuantOp
+    from toolkit.export.graph import ExportError
+    from toolkit.export.int8 import check_qdq
+
+    with pytest.raises(ExportError, match="excluded op type"):
+        check_qdq(onnx.load(str(tiny_int8.path)), Int8Target.tensorrt, (QuantOp.Conv,))
+
+
+def test_excluding_every_op_type_is_refused():
+    from toolkit.config import ConfigError, QuantOp
+
+    with pytest.raises(ConfigError, match="nothing would be INT8"):
+        Int8Config("data", exclude_op_types=tuple(QuantOp))
+
+
 def test_too_few_calibration_rows_is_a_clear_error_and_no_file(tiny_run, tiny_data, tmp_path):
     from toolkit.export.graph import ExportError
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.config import CalibMethod, Int8Target
+from toolkit.config import CalibMethod, Int8Target, QuantOp
 from toolkit.export.graph import ExportError
 
 # Only the ops that carry the arithmetic: their inputs get QuantizeLinear/DequantizeLinear. Softmax,
@@ -74,8 +74,9 @@ class Reader:
 
 
 def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]],
-             target: Int8Target, method: CalibMethod) -> None:
-    """Write the QDQ model for `target` to `out_path`, calibrated on `batches`."""
+             target: Int8Target, method: CalibMethod, exclude: tuple[QuantOp, ...] = ()) -> None:
+    """Write the QDQ model for `target` to `out_path`, calibrated on `batches`; the op types in
+    `exclude` keep float inputs."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
@@ -91,7 +92,9 @@ def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray
              CalibMethod.percentile: CalibrationMethod.Percentile}[method]
     try:
         quantize_static(str(fp32_path), str(out_path), _Reader(batches),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.ops),
+                        quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=[o for o in recipe.ops
+                                              if o not in {e.value for e in exclude}],
                         per_channel=recipe.per_channel, reduce_range=False,
                         activation_type=getattr(QuantType, recipe.activation),
                         weight_type=getattr(QuantType, recipe.weight), calibrate_method=calib,
@@ -101,24 +104,34 @@ def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray
                           f"{str(e)[:400]}") from e
 
 
-def check_qdq(model, target: Int8Target) -> dict:
+def check_qdq(model, target: Int8Target, exclude: tuple[QuantOp, ...] = ()) -> dict:
     """The structural check every INT8 export passes: each Conv/MatMul/Gemm weight comes through a
-    DequantizeLinear, Softmax is not quantized, and for `tensorrt` every zero point is int8 0."""
+    DequantizeLinear (float, for the op types in `exclude`), Softmax is not quantized, and for
+    `tensorrt` every zero point is int8 0."""
     from onnx import TensorProto, numpy_helper
 
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name: t for t in g.initializer}
+    floats = {e.value for e in exclude}
+
+    def dequantized(n) -> bool:
+        return any(producer.get(x) is not None and producer[x].op_type == "DequantizeLinear"
+                   for x in n.input[:2])
+
     # Weights stored quantized: an int8 initializer read by a DequantizeLinear.
     weights = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
                and inits[n.input[0]].data_type == TensorProto.INT8]
-    missing = [n.name for n in g.node if n.op_type in QUANTIZED_OPS
-               and not any(producer.get(x) is not None
-                           and producer[x].op_type == "DequantizeLinear" for x in n.input[:2])]
+    missing = [n.name for n in g.node
+               if n.op_type in QUANTIZED_OPS and n.op_type not in floats and not dequantized(n)]
     if missing or not weights:
         raise ExportError(f"INT8 graph: {len(missing)} Conv/MatMul/Gemm node(s) have no "
                           f"DequantizeLinear input, e.g. {missing[:3]}; quantization did not "
                           "cover the model")
+    stray = [n.name for n in g.node if n.op_type in floats and dequantized(n)]
+    if stray:
+        raise ExportError(f"INT8 graph quantizes {len(stray)} node(s) of an excluded op type, "
+                          f"e.g. {stray[:3]}; they should have stayed float")
     soft = [n.name for n in g.node if n.op_type == "Softmax"
             and producer.get(n.input[0]) is not None
             and producer[n.input[0]].op_type == "DequantizeLinear"]
@@ -139,6 +152,8 @@ def check_qdq(model, target: Int8Target) -> dict:
                               f"int8 0, e.g. {bad[:3]}; TensorRT accepts symmetric QDQ only")
     return {"quantize_linear": sum(n.op_type == "QuantizeLinear" for n in g.node),
             "dequantize_linear": sum(n.op_type == "DequantizeLinear" for n in g.node),
-            "quantized_ops": sum(n.op_type in QUANTIZED_OPS for n in g.node),
+            "quantized_ops": sum(n.op_type in QUANTIZED_OPS and n.op_type not in floats
+                                 for n in g.node),
+            "float_ops": sum(n.op_type in floats for n in g.node),
             "int8_weights": len(weights),
             "zero_points": len(zps)}

@@ -154,14 +154,17 @@ def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batch
     from toolkit.export import int8
 
     q = cfg.int8
-    log(f"calibrating on {q.samples} rows ({q.method.value}), target {q.target.value}")
+    floats = ", ".join(o.value for o in q.exclude_op_types)
+    log(f"calibrating on {q.samples} rows ({q.method.value}), target {q.target.value}"
+        + (f", {floats} kept in float" if floats else ""))
     with atomic_path(out) as tmp:
-        int8.quantize(fp32_path, tmp, batches, q.target, q.method)
+        int8.quantize(fp32_path, tmp, batches, q.target, q.method, q.exclude_op_types)
         model = graph.load(tmp)
-        checks = int8.check_qdq(model, q.target)
+        checks = int8.check_qdq(model, q.target, q.exclude_op_types)
         graph.set_metadata(model, _metadata(ck, Precision.int8, {
             **extra, "target": q.target.value, "calib_method": q.method.value,
-            "calib_samples": q.samples, **checks}))
+            "calib_samples": q.samples,
+            "exclude_op_types": [o.value for o in q.exclude_op_types], **checks}))
         graph.save(model, tmp)
         # INT8 is judged on decisions and held-out accuracy by `toolkit parity` (the tolerance
         # table); here only a broken graph (NaN, inf) fails the export, and the numbers are logged.
