@@ -39,7 +39,8 @@ $(RUN)/best.safetensors: $(DATA)/dataset.json | $(STAMP)
 demo: $(RUN)/best.safetensors
 	$(BIN)/toolkit eval --checkpoint $(RUN) --data $(DATA) --json $(RUN)/eval.json
 	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp32
-	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp16 --from-onnx export/model.onnx
+	$(BIN)/toolkit export --checkpoint $(RUN) --precision fp16 --from-onnx export/model.onnx \
+	  --exclude-op-type Conv
 	$(BIN)/toolkit export --checkpoint $(RUN) --precision int8 --from-onnx export/model.onnx \
 	  --calibration $(DATA) --calib-samples 256 --target tensorrt --exclude-op-type Conv
 	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.fp16.onnx

@@ -86,6 +86,7 @@ def test_cli_parity_exits_1_when_a_tolerance_is_exceeded(tiny_run, tiny_data, ti
     (["--precision", "int8", "--calibration", "{data}", "--calib-samples", "99999"], "fewer than"),
     (["--precision", "fp32", "--fp16-io"], "--fp16-io"),
     (["--precision", "int8", "--calibration", "{data}", "--exclude-op-type", "Softmax"], "Softmax"),
+    (["--precision", "fp32", "--exclude-op-type", "Conv"], "--exclude-op-type"),
     (["--precision", "int8", "--calibration", "{data}", "--exclude-op-type", "Conv",
       "--exclude-op-type", "MatMul", "--exclude-op-type", "Gemm"], "nothing would be INT8"),
 ])

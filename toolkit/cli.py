@@ -12,8 +12,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from toolkit.config import (CURRICULUM_WINDOW, ArtifactFormat, BatchBy, CalibMethod, Device,
-                            HardwareCompat, Int8Target, Precision, QuantOp)
+from toolkit.config import (CURRICULUM_WINDOW, ArtifactFormat, BatchBy, CalibMethod, ComputeOp,
+                            Device, HardwareCompat, Int8Target, Precision)
 from toolkit.errors import ToolkitError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -183,8 +183,8 @@ def export_(
     calib_samples: int = typer.Option(256, min=1, help="INT8: calibration rows."),
     calib_method: CalibMethod = typer.Option(CalibMethod.minmax),
     target: Int8Target = typer.Option(Int8Target.tensorrt, help="INT8: QDQ flavour."),
-    exclude_op_type: list[QuantOp] = typer.Option(
-        [], help="INT8: keep this op type in float (repeat for more)."),
+    exclude_op_type: list[ComputeOp] = typer.Option(
+        [], help="fp16/int8: keep this op type in FP32 (repeat for more)."),
     which: str = typer.Option("best", help="best or last weights."),
     format: ArtifactFormat = typer.Option(ArtifactFormat.onnx,
                                           help="engine: also build a TensorRT plan from the "
@@ -201,12 +201,12 @@ def export_(
             raise ToolkitError("--precision int8 needs --calibration DATA (a dataset folder or "
                                "manifest)")
         int8 = C.Int8Config(calibration=str(calibration), samples=calib_samples,
-                            method=calib_method, target=target,
-                            exclude_op_types=tuple(exclude_op_type))
+                            method=calib_method, target=target)
     out = out or default_out(precision, target.value)
     cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=precision, which=which,
                          data=str(data) if data else None, fp16_io=fp16_io, int8=int8,
-                         fp32_source=str(from_onnx) if from_onnx else None)
+                         fp32_source=str(from_onnx) if from_onnx else None,
+                         exclude_op_types=tuple(exclude_op_type))
     result = export(cfg, log=console.print)
     console.print(result.comparison.report())
     size = result.path.stat().st_size / 2**20

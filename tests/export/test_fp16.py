@@ -114,6 +114,25 @@ def test_fp16_from_an_existing_fp32_export(tiny_run, tiny_data, tiny_onnx, tmp_p
     assert tiny_onnx.path.read_bytes() == before  # the source is left as it was
 
 
+def test_an_excluded_op_type_computes_in_fp32(tiny_run, tiny_data, tiny_onnx, tmp_path):
+    import onnx
+    from onnx import TensorProto as T
+
+    from toolkit.config import ComputeOp, ExportConfig
+    from toolkit.export.graph import get_metadata
+    from toolkit.export.pipeline import export
+
+    r = export(ExportConfig(str(tiny_run), str(tmp_path / "m.fp16.onnx"), Precision.fp16,
+                            data=str(tiny_data), fp32_source=str(tiny_onnx.path),
+                            exclude_op_types=(ComputeOp.Conv,)))
+    m, types = _types(onnx.load(str(r.path)))
+    convs = [n for n in m.graph.node if n.op_type == "Conv"]
+    assert convs and all(types[x] == T.FLOAT for n in convs for x in [*n.input[:2], n.output[0]])
+    matmuls = [n for n in m.graph.node if n.op_type in ("MatMul", "Gemm")]
+    assert matmuls and all(types[n.output[0]] == T.FLOAT16 for n in matmuls)
+    assert "Conv" in get_metadata(m).extra["kept_fp32"]
+
+
 def test_fp32_source_from_other_weights_is_refused(tiny_run, tiny_data, tiny_onnx, tmp_path):
     import shutil
 

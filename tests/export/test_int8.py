@@ -79,11 +79,11 @@ def test_cpu_target_is_u8s8_and_runs(tiny_run, tiny_data, tmp_path, method):
 def test_excluded_op_types_stay_float_and_the_rest_is_quantized(tiny_run, tiny_data, tmp_path):
     import onnx
 
-    from toolkit.config import QuantOp
+    from toolkit.config import ComputeOp
     from toolkit.export.graph import get_metadata
 
-    r = _export(tiny_run, tiny_data, tmp_path / "m.onnx",
-                Int8Config(str(tiny_data), samples=16, exclude_op_types=(QuantOp.Conv,)))
+    r = _export(tiny_run, tiny_data, tmp_path / "m.onnx", Int8Config(str(tiny_data), samples=16),
+                exclude=(ComputeOp.Conv,))
     m = onnx.load(str(r.path))
     producer = {o: n.op_type for n in m.graph.node for o in n.output}
     inputs = {n.op_type: [] for n in m.graph.node}
@@ -102,19 +102,22 @@ def test_excluded_op_types_stay_float_and_the_rest_is_quantized(tiny_run, tiny_d
 def test_check_qdq_refuses_an_excluded_op_type_that_was_quantized(tiny_int8):
     import onnx
 
-    from toolkit.config import QuantOp
+    from toolkit.config import ComputeOp
     from toolkit.export.graph import ExportError
     from toolkit.export.int8 import check_qdq
 
     with pytest.raises(ExportError, match="excluded op type"):
-        check_qdq(onnx.load(str(tiny_int8.path)), Int8Target.tensorrt, (QuantOp.Conv,))
+        check_qdq(onnx.load(str(tiny_int8.path)), Int8Target.tensorrt, (ComputeOp.Conv,))
 
 
 def test_excluding_every_op_type_is_refused():
-    from toolkit.config import ConfigError, QuantOp
+    from toolkit.config import ComputeOp, ConfigError
 
     with pytest.raises(ConfigError, match="nothing would be INT8"):
-        Int8Config("data", exclude_op_types=tuple(QuantOp))
+        ExportConfig("run", "m.onnx", Precision.int8, int8=Int8Config("data"),
+                     exclude_op_types=tuple(ComputeOp))
+    with pytest.raises(ConfigError, match="only applies to --precision fp16 or int8"):
+        ExportConfig("run", "m.onnx", Precision.fp32, exclude_op_types=(ComputeOp.Conv,))
 
 
 def test_too_few_calibration_rows_is_a_clear_error_and_no_file(tiny_run, tiny_data, tmp_path):
@@ -133,7 +136,8 @@ def test_int8_needs_calibration_data(tiny_run, tmp_path):
         ExportConfig(str(tiny_run), str(tmp_path / "m.onnx"), Precision.int8)
 
 
-def _export(run, data, out, int8):
+def _export(run, data, out, int8, exclude=()):
     from toolkit.export.pipeline import export
 
-    return export(ExportConfig(str(run), str(out), Precision.int8, data=str(data), int8=int8))
+    return export(ExportConfig(str(run), str(out), Precision.int8, data=str(data), int8=int8,
+                               exclude_op_types=exclude))

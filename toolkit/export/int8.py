@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.config import CalibMethod, Int8Target, QuantOp
+from toolkit.config import CalibMethod, Int8Target, ComputeOp
 from toolkit.export.graph import ExportError
 
 # Only the ops that carry the arithmetic: their inputs get QuantizeLinear/DequantizeLinear. Softmax,
@@ -74,7 +74,7 @@ class Reader:
 
 
 def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]],
-             target: Int8Target, method: CalibMethod, exclude: tuple[QuantOp, ...] = ()) -> None:
+             target: Int8Target, method: CalibMethod, exclude: tuple[ComputeOp, ...] = ()) -> None:
     """Write the QDQ model for `target` to `out_path`, calibrated on `batches`; the op types in
     `exclude` keep float inputs."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
@@ -104,7 +104,7 @@ def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray
                           f"{str(e)[:400]}") from e
 
 
-def check_qdq(model, target: Int8Target, exclude: tuple[QuantOp, ...] = ()) -> dict:
+def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = ()) -> dict:
     """The structural check every INT8 export passes: each Conv/MatMul/Gemm weight comes through a
     DequantizeLinear (float, for the op types in `exclude`), Softmax is not quantized, and for
     `tensorrt` every zero point is int8 0."""

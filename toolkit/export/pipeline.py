@@ -130,8 +130,9 @@ def reuse_fp32(ck, path: Path) -> Path:
 def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra):
     from toolkit.export import fp16
 
-    model = fp16.convert(graph.load(fp32_path), fp16_io=cfg.fp16_io)
-    checks = fp16.check_fp16(model)
+    keep = fp16.DEFAULT_KEEP_FP32 + tuple(o.value for o in cfg.exclude_op_types)
+    model = fp16.convert(graph.load(fp32_path), keep_fp32=keep, fp16_io=cfg.fp16_io)
+    checks = fp16.check_fp16(model, keep)
     graph.set_metadata(model, _metadata(ck, Precision.fp16,
                                         {**extra, "fp16_io": cfg.fp16_io, **checks}))
     with atomic_path(out) as tmp:
@@ -154,17 +155,17 @@ def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batch
     from toolkit.export import int8
 
     q = cfg.int8
-    floats = ", ".join(o.value for o in q.exclude_op_types)
+    floats = ", ".join(o.value for o in cfg.exclude_op_types)
     log(f"calibrating on {q.samples} rows ({q.method.value}), target {q.target.value}"
         + (f", {floats} kept in float" if floats else ""))
     with atomic_path(out) as tmp:
-        int8.quantize(fp32_path, tmp, batches, q.target, q.method, q.exclude_op_types)
+        int8.quantize(fp32_path, tmp, batches, q.target, q.method, cfg.exclude_op_types)
         model = graph.load(tmp)
-        checks = int8.check_qdq(model, q.target, q.exclude_op_types)
+        checks = int8.check_qdq(model, q.target, cfg.exclude_op_types)
         graph.set_metadata(model, _metadata(ck, Precision.int8, {
             **extra, "target": q.target.value, "calib_method": q.method.value,
             "calib_samples": q.samples,
-            "exclude_op_types": [o.value for o in q.exclude_op_types], **checks}))
+            "exclude_op_types": [o.value for o in cfg.exclude_op_types], **checks}))
         graph.save(model, tmp)
         # INT8 is judged on decisions and held-out accuracy by `toolkit parity` (the tolerance
         # table); here only a broken graph (NaN, inf) fails the export, and the numbers are logged.
