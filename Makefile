@@ -44,9 +44,11 @@ demo: $(RUN)/best.safetensors
 	$(BIN)/toolkit export --checkpoint $(RUN) --precision int8 --from-onnx export/model.onnx \
 	  --calibration $(DATA) --calib-samples 256 --target tensorrt --exclude-op-type Conv
 	$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.fp16.onnx
-	# INT8 parity prints its verdict and evidence; a FAILED verdict (exit 1) does not stop the demo,
-	# because the current small model sits on near-ties for the questions it has not learned and
-	# INT8 flips those (bench/export.md). Run the command alone to gate on it.
+	# The small model's three convolutions stay in FP32 for FP16 and INT8: they carry the colours
+	# the fusion binds, and reduced they cost the most (bench/export.md).
+	# INT8 parity prints its verdict and evidence; a FAILED verdict (exit 1) does not stop the demo:
+	# its top-1 agreement sits just under the 99% bound (98.6% in the last run, accuracy within
+	# 0.13 points; bench/export.md). Run the command alone to gate on it.
 	-$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.int8.onnx \
 	  --json export/parity.int8.json
 	$(BIN)/toolkit bench --onnx export/model.onnx --onnx export/model.fp16.onnx \

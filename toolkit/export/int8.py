@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.config import CalibMethod, Int8Target, ComputeOp
+from toolkit.config import CalibMethod, ComputeOp, Int8Target
 from toolkit.export.graph import ExportError
 
 # Only the ops that carry the arithmetic: their inputs get QuantizeLinear/DequantizeLinear. Softmax,
