@@ -110,7 +110,7 @@ def test_check_qdq_refuses_an_excluded_op_type_that_was_quantized(tiny_int8):
         check_qdq(onnx.load(str(tiny_int8.path)), Int8Target.tensorrt, (ComputeOp.Conv,))
 
 
-def test_excluding_every_op_type_is_refused():
+def test_exclusions_that_make_no_sense_are_refused():
     from toolkit.config import ComputeOp, ConfigError
 
     with pytest.raises(ConfigError, match="nothing would be INT8"):
