@@ -132,9 +132,7 @@ def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = ()) ->
     if stray:
         raise ExportError(f"INT8 graph quantizes {len(stray)} node(s) of an excluded op type, "
                           f"e.g. {stray[:3]}; they should have stayed float")
-    soft = [n.name for n in g.node if n.op_type == "Softmax"
-            and producer.get(n.input[0]) is not None
-            and producer[n.input[0]].op_type == "DequantizeLinear"]
+    soft = [n.name for n in g.node if n.op_type == "Softmax" and dequantized(n)]
     if soft and target is Int8Target.tensorrt:
         raise ExportError(f"INT8 graph quantizes Softmax input(s) {soft[:3]}; TensorRT keeps "
                           "Softmax in float")
