@@ -16,8 +16,10 @@ DEMO_EPOCHS ?= 7
 # Training stops here at the latest (the 15-minute budget of the main job's training).
 DEMO_SECONDS ?= 870
 # The first steps ask only left/right and top/bottom questions, which no image statistic answers:
-# the model must find the object the question names (bench/training.md). The curriculum ends once
-# it is learned (mean training loss under 0.05), after this many steps at the latest.
+# the model must find the object the question names. A second stage adds shape questions, with what
+# finds the object held (--freeze-binding), so that the object's cell learns its shape
+# (bench/training.md). Each stage ends once learned (mean training loss under 0.05), after this
+# many steps at the latest.
 DEMO_CURRICULUM ?= 3000
 
 .PHONY: demo test clean-demo
@@ -34,7 +36,8 @@ $(DATA)/dataset.json: | $(STAMP)
 $(RUN)/best.safetensors: $(DATA)/dataset.json | $(STAMP)
 	$(BIN)/toolkit train --data $(DATA) --out $(RUN) --preset small --epochs $(DEMO_EPOCHS) \
 	  --batch-size 64 --lr 1e-3 --warmup-steps 300 --max-train-seconds $(DEMO_SECONDS) \
-	  --curriculum-types horizontal,vertical --curriculum-steps $(DEMO_CURRICULUM)
+	  --curriculum-types horizontal,vertical --curriculum-types horizontal,vertical,shape \
+	  --curriculum-steps $(DEMO_CURRICULUM) --freeze-binding
 
 demo: $(RUN)/best.safetensors
 	$(BIN)/toolkit eval --checkpoint $(RUN) --data $(DATA) --json $(RUN)/eval.json

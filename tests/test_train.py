@@ -64,7 +64,7 @@ def test_warmup_then_cosine():
 
 
 def test_rate_holds_through_the_curriculum_then_warms_up_again(tiny_split, tiny_train_config):
-    cfg = dataclasses.replace(tiny_train_config, curriculum_types=("horizontal", "vertical"),
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("horizontal", "vertical"),),
                               curriculum_steps=30, epochs=2)
     plan = BatchPlan(tiny_split, cfg, Dist())
     total = 30 + 2 * plan.steps_per_epoch
@@ -88,7 +88,7 @@ def tiny_split(tiny_data):
 
 
 def test_curriculum_draws_only_its_types_then_every_row(tiny_split, tiny_train_config):
-    cfg = dataclasses.replace(tiny_train_config, curriculum_types=("horizontal", "vertical"),
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("horizontal", "vertical"),),
                               curriculum_steps=4, epochs=2)
     plan = BatchPlan(tiny_split, cfg, Dist())
     types = np.array(tiny_split.question_types)
@@ -103,9 +103,34 @@ def test_curriculum_draws_only_its_types_then_every_row(tiny_split, tiny_train_c
     assert plan.total_steps == 4 + 2 * plan.steps_per_epoch
     # ended early, the epochs start at once and keep their length
     first_batch = plan.rows(4)
-    plan.end_curriculum(2)
+    plan.end_stage(2)
     np.testing.assert_array_equal(plan.rows(2), first_batch)
     assert plan.total_steps == 2 + 2 * plan.steps_per_epoch
+
+
+def test_curriculum_stages_run_in_order_each_warming_up_again(tiny_split, tiny_train_config):
+    stages = (("horizontal", "vertical"), ("horizontal", "vertical", "shape"))
+    cfg = dataclasses.replace(tiny_train_config, curriculum=stages, curriculum_steps=10, epochs=1)
+    plan = BatchPlan(tiny_split, cfg, Dist())
+    types = np.array(tiny_split.question_types)
+    assert plan.bounds() == [0, 10, 20] and plan.total_steps == 20 + plan.steps_per_epoch
+    assert [plan.stage(s) for s in (0, 9, 10, 19, 20)] == [0, 0, 1, 1, None]
+    assert set(types[np.concatenate([plan.rows(s) for s in range(10)])]) == set(stages[0])
+    assert set(types[np.concatenate([plan.rows(s) for s in range(10, 20)])]) == set(stages[1])
+    assert [plan.rate(s, 5) for s in (0, 4, 9, 10, 14, 19, 20)] == pytest.approx(
+        [0.2, 1.0, 1.0, 0.2, 1.0, 1.0, 0.2])
+    second = plan.rows(10)
+    plan.end_stage(4)  # stage 1 learned early: stage 2 starts at step 4 with its own first batch
+    assert plan.bounds() == [0, 4, 14] and plan.stage(4) == 1
+    np.testing.assert_array_equal(plan.rows(4), second)
+    plan.end_stage(7)
+    assert plan.bounds() == [0, 4, 7] and plan.stage(7) is None
+    # a stage that runs its full length keeps it when a later one ends early
+    fresh = BatchPlan(tiny_split, cfg, Dist())
+    fresh.end_stage(13)
+    assert fresh.bounds() == [0, 10, 13]
+    with pytest.raises(ValueError, match="not in the curriculum"):
+        fresh.end_stage(14)
 
 
 def test_curriculum_ends_once_its_loss_is_low_and_resume_keeps_that(
@@ -116,17 +141,26 @@ def test_curriculum_ends_once_its_loss_is_low_and_resume_keeps_that(
     logs = []
     # Any loss is below 1e9: the curriculum ends as soon as its window is full (step 3).
     cfg = dataclasses.replace(tiny_train_config, out=str(tmp_path / "r"), epochs=1,
-                              curriculum_types=("horizontal", "vertical"), curriculum_steps=50,
+                              curriculum=(("horizontal", "vertical"),), curriculum_steps=50,
                               curriculum_loss=1e9)
     result = train(cfg, log=logs.append)
     spe = BatchPlan(T.prepare_data(cfg)[3], cfg, Dist()).steps_per_epoch
     assert result["report"]["steps"] == 3 + spe
-    assert any("curriculum learned at step 3" in m for m in logs)
+    assert any("stage 1 of 1 (horizontal, vertical) learned at step 3" in m for m in logs)
     history = json.loads((tmp_path / "r" / "metrics.json").read_text())["history"]
     assert history[0]["step"] == 3  # evaluated when the curriculum ended
-    assert torch.load(tmp_path / "r" / "resume.pt", weights_only=True)["curriculum_ended"] == 3
+    assert torch.load(tmp_path / "r" / "resume.pt", weights_only=True)["curriculum_ends"] == [3]
     resumed = train(dataclasses.replace(cfg, epochs=2, resume=True), log=lambda *_: None)
     assert resumed["report"]["steps"] == 3 + 2 * spe  # not 50 + 2 epochs: the end was kept
+    # two stages: each ends once its own window is full (steps 3 and 6), and resume keeps both
+    two = dataclasses.replace(cfg, out=str(tmp_path / "two"),
+                              curriculum=(("horizontal", "vertical"), ("shape",)))
+    logs.clear()
+    assert train(two, log=logs.append)["report"]["steps"] == 6 + spe
+    assert any("stage 2 of 2 (shape) learned at step 6" in m for m in logs)
+    assert torch.load(tmp_path / "two" / "resume.pt", weights_only=True)["curriculum_ends"] == [3, 6]
+    resumed = train(dataclasses.replace(two, epochs=2, resume=True), log=lambda *_: None)
+    assert resumed["report"]["steps"] == 6 + 2 * spe
     # with --curriculum-loss 0 every curriculum step runs
     never = train(dataclasses.replace(cfg, out=str(tmp_path / "n"), curriculum_steps=5,
                                       curriculum_loss=0.0), log=lambda *_: None)
@@ -141,6 +175,34 @@ def test_curriculum_ends_once_its_loss_is_low_and_resume_keeps_that(
     torch.manual_seed(cfg.seed)
     init = DualModalNet(only["config"])
     assert not torch.equal(only["model"].head[0].weight, init.head[0].weight)  # the rest trained
+
+
+def test_freeze_binding_holds_what_the_first_stage_learned(tiny_train_config, tmp_path):
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("horizontal", "vertical"),),
+                              curriculum_steps=2, curriculum_loss=0.0, epochs=0,
+                              warmup_steps=1)  # the same rate in every run, whatever its length
+    first = train(dataclasses.replace(cfg, out=str(tmp_path / "a")), log=lambda *_: None)["model"]
+    two = dataclasses.replace(cfg, curriculum=cfg.curriculum + (("shape",),), freeze_binding=True)
+
+    def held_as_first_left_them(model) -> bool:
+        ids = {id(p) for p in model.binding_parameters()}
+        return all(torch.equal(p, q) for p, q in zip(model.parameters(), first.parameters())
+                   if id(p) in ids)
+
+    frozen = train(dataclasses.replace(two, out=str(tmp_path / "b")), log=lambda *_: None)
+    assert frozen["report"]["steps"] == 4
+    assert held_as_first_left_them(frozen["model"])
+    assert {id(p) for p in frozen["model"].text.parameters()} <= {
+        id(p) for p in frozen["model"].binding_parameters()}
+    assert not torch.equal(frozen["model"].vision.body.stem[0].weight,
+                           first.vision.body.stem[0].weight)  # the rest trained in stage 2
+    free = train(dataclasses.replace(two, out=str(tmp_path / "c"), freeze_binding=False),
+                 log=lambda *_: None)
+    assert not held_as_first_left_them(free["model"])
+    after = train(dataclasses.replace(two, out=str(tmp_path / "d"), epochs=1), log=lambda *_: None)
+    assert not held_as_first_left_them(after["model"])  # the epochs train it again
+    with pytest.raises(ConfigError, match="--freeze-binding holds what the first curriculum"):
+        dataclasses.replace(tiny_train_config, freeze_binding=True)
 
 
 @pytest.mark.parametrize("by", list(BatchBy))
@@ -162,7 +224,7 @@ def test_batches_by_question_or_by_whole_image(tiny_split, tiny_train_config, by
 
 
 def test_curriculum_of_an_absent_type_is_refused(tiny_split, tiny_train_config):
-    cfg = dataclasses.replace(tiny_train_config, curriculum_types=("colour",), curriculum_steps=4)
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("colour",),), curriculum_steps=4)
     with pytest.raises(ConfigError, match="colour: no training row has that question type"):
         BatchPlan(tiny_split, cfg, Dist())
     with pytest.raises(ConfigError, match="needs both"):

@@ -109,12 +109,17 @@ def train(
                                               help="A local Hugging Face BERT-family directory."),
     skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows",
                                        help="Leave out bad manifest rows instead of stopping."),
-    curriculum_types: str = typer.Option(
-        "", help="Comma-separated question types to train on first, e.g. horizontal,vertical."),
-    curriculum_steps: int = typer.Option(0, min=0, help="Steps of the curriculum, at most."),
+    curriculum_types: list[str] = typer.Option(
+        [], help="Comma-separated question types of a curriculum stage, trained on before the "
+        "epochs, e.g. horizontal,vertical; repeat the option for further stages."),
+    curriculum_steps: int = typer.Option(0, min=0,
+                                         help="Steps of each curriculum stage, at most."),
     curriculum_loss: float = typer.Option(
         0.05, min=0.0, help="End the curriculum early once its mean training loss over the last "
         f"{CURRICULUM_WINDOW} steps is below this; 0 runs every curriculum step."),
+    freeze_binding: bool = typer.Option(
+        False, "--freeze-binding", help="In the curriculum stages after the first, hold the "
+        "text tower and the fusion's cell readers as the first stage left them."),
 ) -> None:
     """Train a model; best and last checkpoints land in OUT."""
     from toolkit import config as C
@@ -132,8 +137,10 @@ def train(
                         warmup_steps=warmup_steps, seed=seed, device=device,
                         eval_every=eval_every, skip_bad_rows=skip_bad_rows, resume=resume,
                         max_train_seconds=max_train_seconds,
-                        curriculum_types=tuple(t for t in curriculum_types.split(",") if t),
-                        curriculum_steps=curriculum_steps, curriculum_loss=curriculum_loss)
+                        curriculum=tuple(tuple(t for t in stage.split(",") if t)
+                                         for stage in curriculum_types),
+                        curriculum_steps=curriculum_steps, curriculum_loss=curriculum_loss,
+                        freeze_binding=freeze_binding)
     result = run_train(cfg, log=console.print)
     if result["report"] is not None:
         console.print(f"best checkpoint: {out / 'best.safetensors'}")

@@ -150,22 +150,36 @@ class TrainConfig:
     skip_bad_rows: bool = False
     resume: bool = False
     max_train_seconds: float | None = None  # stop (and save) once this wall-clock budget is spent
-    # Curriculum: the first steps train only on questions of these types (the manifest's
-    # `question_type`), then the epochs run on every row. On the embedded dataset, questions that
-    # no image statistic answers (left/right, top/bottom) force the model to find the object the
-    # question names; trained on everything at once it settles on image statistics instead
-    # (bench/training.md). The curriculum lasts `curriculum_steps` at most, and ends earlier once
-    # the mean training loss of its last CURRICULUM_WINDOW steps is below `curriculum_loss`
-    # (0: never early). The rate stays at its peak during the curriculum.
-    curriculum_types: tuple[str, ...] = ()
+    # Curriculum: stages of question types (the manifest's `question_type`) trained on one after
+    # the other before the epochs run on every row. On the embedded dataset, questions that no image
+    # statistic answers (left/right, top/bottom) force the model to find the object the question
+    # names; trained on everything at once it settles on image statistics instead; a second stage
+    # that adds "shape" then puts the object's shape into its cell (bench/training.md). Each stage
+    # lasts `curriculum_steps` at most, and ends earlier once the mean training loss of its last
+    # CURRICULUM_WINDOW steps is below `curriculum_loss` (0: never early). The rate warms up at the
+    # start of each stage and stays at its peak until the stage ends.
+    curriculum: tuple[tuple[str, ...], ...] = ()
     curriculum_steps: int = 0
     curriculum_loss: float = 0.05
+    # In the curriculum stages after the first, hold the parts that find the object a question
+    # names (the text tower and the fusion's cell readers: DualModalNet.binding_parameters) as the
+    # first stage left them; they train again in the epochs. On the embedded dataset a second stage
+    # that adds "shape" questions otherwise learns to ignore the object instead of growing its
+    # shape features (bench/training.md).
+    freeze_binding: bool = False
 
     def __post_init__(self) -> None:
-        if bool(self.curriculum_types) != bool(self.curriculum_steps):
+        if bool(self.curriculum) != bool(self.curriculum_steps):
             raise ConfigError("a curriculum needs both --curriculum-types and --curriculum-steps "
-                              f"(got types {list(self.curriculum_types)}, "
+                              f"(got stages {[list(s) for s in self.curriculum]}, "
                               f"steps {self.curriculum_steps})")
+        if not all(self.curriculum):
+            raise ConfigError("every curriculum stage needs at least one question type "
+                              "(--curriculum-types T1,T2, once per stage)")
+        if self.freeze_binding and not self.curriculum:
+            raise ConfigError("--freeze-binding holds what the first curriculum stage learned "
+                              "through the later stages: give --curriculum-types (once per "
+                              "stage) and --curriculum-steps, or drop it")
         if self.curriculum_loss < 0:
             raise ConfigError(f"--curriculum-loss must be >= 0 (0: run every curriculum step), "
                               f"got {self.curriculum_loss}")

@@ -35,11 +35,11 @@ def lr_factor(step: int, warmup: int, total: int, start: int = 0, decay: bool = 
     """The rate at `step` as a fraction of the peak: linear warmup over `warmup` steps from
     `start`, then (with `decay`) cosine decay to zero at `total`.
 
-    With a curriculum the rate warms up, stays at its peak while the curriculum runs (its length
-    is known only when it ends), then warms up again from the step it ended (`start`) and decays
-    over the epochs. Adam's moment estimates then describe the curriculum's small gradients; the
-    new question types' large ones, divided by them, would take steps big enough to undo what the
-    curriculum learned (measured: bench/training.md).
+    With a curriculum the rate warms up at the start of each stage and stays at its peak while
+    the stage runs (its length is known only when it ends), then warms up again from the step the
+    last stage ended (`start`) and decays over the epochs. Adam's moment estimates describe the
+    ending stage's small gradients; the new question types' large ones, divided by them, would
+    take steps big enough to undo what the stage learned (measured: bench/training.md).
     """
     s = step - start
     if s < warmup:
@@ -96,13 +96,13 @@ def prepare_data(cfg: TrainConfig, run: Path | None = None):
 
 
 class BatchPlan:
-    """Which training rows make up step `n`: a pure function of the step and of the step the
-    curriculum ended, so `--resume` and DDP ranks agree without any other state.
+    """Which training rows make up step `n`: a pure function of the step and of the steps at which
+    curriculum stages ended, so `--resume` and DDP ranks agree without any other state.
 
     With `BatchBy.question` each row is drawn on its own; with `BatchBy.image` a batch is whole
-    images with all their questions, so the vision tower runs once per image. The curriculum
-    draws only questions of `curriculum_types`, for `curriculum_steps` at most (`end_curriculum`
-    ends it earlier); the epochs follow on all rows.
+    images with all their questions, so the vision tower runs once per image. Each curriculum
+    stage draws only questions of its types, for `curriculum_steps` at most (`end_stage` ends it
+    earlier); the epochs follow on all rows.
     """
 
     def __init__(self, split, cfg: TrainConfig, ddp: Dist):
@@ -111,31 +111,49 @@ class BatchPlan:
         if cfg.batch_by is BatchBy.question:  # every row its own group
             groups = [row[None] for g in groups for row in g]
         self.full = _Pool(groups, len(split), cfg.batch_size, ddp.world)
-        self.curriculum_steps = cfg.curriculum_steps  # TrainConfig: 0 exactly when no types
-        self.ended: int | None = None  # the step the curriculum ended early, if it did
-        self.first = None
-        if self.curriculum_steps:
-            wanted = set(cfg.curriculum_types)
-            present = set(split.question_types)
-            missing = sorted(wanted - present)
-            if missing:
-                raise ConfigError(
-                    f"--curriculum-types {', '.join(missing)}: no training row has that question "
-                    f"type (the manifest has: {', '.join(sorted(present)) or 'none'})")
-            keep = np.array([t in wanted for t in split.question_types])
+        self.stage_steps = cfg.curriculum_steps  # TrainConfig: 0 exactly when no stages
+        self.stage_types = cfg.curriculum
+        self.ends: list[int] = []  # the step each stage ended, for the stages that have ended
+        present = set(split.question_types)
+        missing = sorted({t for stage in cfg.curriculum for t in stage} - present)
+        if missing:
+            raise ConfigError(
+                f"--curriculum-types {', '.join(missing)}: no training row has that question "
+                f"type (the manifest has: {', '.join(sorted(present)) or 'none'})")
+        self.stages = []
+        for stage in cfg.curriculum:
+            keep = np.array([t in stage for t in split.question_types])
             kept = [g[keep[g]] for g in groups]
-            self.first = _Pool([g for g in kept if len(g)], int(keep.sum()), cfg.batch_size,
-                               ddp.world)
+            self.stages.append(_Pool([g for g in kept if len(g)], int(keep.sum()),
+                                     cfg.batch_size, ddp.world))
         self.steps_per_epoch = self.full.steps_per_epoch
         self.epochs = cfg.epochs
+
+    def bounds(self) -> list[int]:
+        """The first step of each stage, then of the epochs: a stage not yet ended is taken to
+        run its full `curriculum_steps`."""
+        out = [0]
+        for k in range(len(self.stages)):
+            out.append(self.ends[k] if k < len(self.ends) else out[-1] + self.stage_steps)
+        return out
+
+    def stage(self, step: int) -> int | None:
+        """The curriculum stage that trains `step`, or None once the epochs run."""
+        bounds = self.bounds()
+        return next((k for k in range(len(self.stages)) if step < bounds[k + 1]), None)
 
     @property
     def curriculum_end(self) -> int:
         """The first step on all rows (0 without a curriculum)."""
-        return self.curriculum_steps if self.ended is None else self.ended
+        return self.bounds()[-1]
 
-    def end_curriculum(self, step: int) -> None:
-        self.ended = step
+    def end_stage(self, step: int) -> None:
+        """The stage of step `step - 1` is learned: the next stage (or the epochs) starts at
+        `step`. Stages before it that ran their full length keep that length."""
+        k = self.stage(step - 1)
+        if k is None:
+            raise ValueError(f"step {step - 1} is not in the curriculum")
+        self.ends = self.bounds()[1:k + 1] + [step]
 
     @property
     def total_steps(self) -> int:
@@ -144,13 +162,17 @@ class BatchPlan:
 
     def rate(self, step: int, warmup: int) -> float:
         """The learning-rate factor of `step` (lr_factor)."""
-        if step < self.curriculum_end:
-            return lr_factor(step, warmup, self.total_steps, decay=False)
+        k = self.stage(step)
+        if k is not None:
+            return lr_factor(step, warmup, self.total_steps, start=self.bounds()[k], decay=False)
         return lr_factor(step, warmup, self.total_steps, start=self.curriculum_end)
 
     def rows(self, step: int) -> np.ndarray:
-        if step < self.curriculum_end:
-            return self.first.rows(step, self.seed + 1_000_003, self.ddp.rank)
+        k = self.stage(step)
+        if k is not None:
+            # stage 0 keeps the seed offset of the single-stage curriculum it generalises
+            return self.stages[k].rows(step - self.bounds()[k], self.seed + 1_000_003 * (k + 1),
+                                       self.ddp.rank)
         return self.full.rows(step - self.curriculum_end, self.seed, self.ddp.rank)
 
 
@@ -202,8 +224,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         state = {k: ck[k] for k in state}
-        if ck.get("curriculum_ended") is not None:
-            plan.end_curriculum(ck["curriculum_ended"])
+        ended = ck.get("curriculum_ended")  # written before curriculum stages: one stage
+        plan.ends = list(ck.get("curriculum_ends", [] if ended is None else [ended]))
         if ddp.main:
             log(f"resumed {out} at step {state['step']}")
     elif ddp.main:
@@ -211,6 +233,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     held = model.fusion.held_during_curriculum()
+    binding = model.binding_parameters() if cfg.freeze_binding else []
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else nullcontext())
     loss_fn = nn.CrossEntropyLoss()
@@ -230,7 +253,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                               "history": state["history"]})
         with atomic_path(resume_file) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "curriculum_ended": plan.ended,
+                        "scheduler": sched.state_dict(), "curriculum_ends": plan.ends,
                         **state}, tmp)
 
     def run_eval() -> dict:
@@ -245,13 +268,14 @@ def train(cfg: TrainConfig, log=print) -> dict:
     progress = _progress(plan.total_steps, disable=not ddp.main)
     started = time.perf_counter()
     seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
-    curriculum_losses: deque[float] = deque(maxlen=CURRICULUM_WINDOW)
+    stage_losses: deque[float] = deque(maxlen=CURRICULUM_WINDOW)  # of the stage now training
     report = None
     with progress:
         task = progress.add_task("train", total=plan.total_steps, completed=state["step"],
                                  loss=float("nan"), rate=0.0)
         while state["step"] < plan.total_steps:
             net.train()
+            stage = plan.stage(state["step"])
             idx = plan.rows(state["step"])
             inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std,
                                                 share_images=True), device)
@@ -260,24 +284,28 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 loss = loss_fn(net(**inputs).float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if state["step"] < plan.curriculum_end:
-                for p in held:  # no gradient, so AdamW leaves them (and their decay) alone
-                    p.grad = None
+            # no gradient, so AdamW leaves them (and their decay) alone
+            frozen = [] if stage is None else held + (binding if stage > 0 else [])
+            for p in frozen:
+                p.grad = None
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             state["step"] += 1
             value = loss.item()  # one host sync a step
-            if state["step"] < plan.curriculum_end and cfg.curriculum_loss:
-                curriculum_losses.append(value if ddp.world == 1
-                                         else _mean_over_ranks(loss.detach(), ddp))
-                mean = sum(curriculum_losses) / CURRICULUM_WINDOW
-                if len(curriculum_losses) == CURRICULUM_WINDOW and mean < cfg.curriculum_loss:
-                    plan.end_curriculum(state["step"])
+            if stage is not None and cfg.curriculum_loss:
+                if state["step"] - 1 == plan.bounds()[stage]:  # a new stage: a new window
+                    stage_losses.clear()
+                stage_losses.append(value if ddp.world == 1
+                                    else _mean_over_ranks(loss.detach(), ddp))
+                mean = sum(stage_losses) / CURRICULUM_WINDOW
+                if len(stage_losses) == CURRICULUM_WINDOW and mean < cfg.curriculum_loss:
+                    plan.end_stage(state["step"])
                     progress.update(task, total=plan.total_steps)
                     if ddp.main:
-                        log(f"curriculum learned at step {state['step']}: mean training loss "
-                            f"{mean:.3f} over its last {CURRICULUM_WINDOW} steps < "
-                            f"--curriculum-loss {cfg.curriculum_loss}")
+                        log(f"curriculum stage {stage + 1} of {len(plan.stages)} "
+                            f"({', '.join(plan.stage_types[stage])}) learned at step "
+                            f"{state['step']}: mean training loss {mean:.3f} over its last "
+                            f"{CURRICULUM_WINDOW} steps < --curriculum-loss {cfg.curriculum_loss}")
             sched.step()  # the rate of the next step, which may be the first on all rows
             seen += len(idx) * ddp.world
             now = time.perf_counter()
@@ -287,7 +315,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                             rate=seen / max(now - window_start, 1e-9))
             out_of_time = (cfg.max_train_seconds is not None
                            and now - started > cfg.max_train_seconds)
-            if (state["step"] % eval_every == 0 or state["step"] == plan.curriculum_end
+            if (state["step"] % eval_every == 0 or state["step"] in plan.bounds()[1:]
                     or state["step"] >= plan.total_steps or out_of_time):
                 report = run_eval() if ddp.main else None
                 checkpoint(report)
