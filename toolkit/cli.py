@@ -115,8 +115,8 @@ def train(
     curriculum_steps: int = typer.Option(0, min=0,
                                          help="Steps of each curriculum stage, at most."),
     curriculum_loss: float = typer.Option(
-        0.05, min=0.0, help="End the curriculum early once its mean training loss over the last "
-        f"{CURRICULUM_WINDOW} steps is below this; 0 runs every curriculum step."),
+        0.05, min=0.0, help="End a curriculum stage early once its mean training loss over the "
+        f"last {CURRICULUM_WINDOW} steps is below this; 0 runs every curriculum step."),
     freeze_binding: bool = typer.Option(
         False, "--freeze-binding", help="In the curriculum stages after the first, hold the "
         "text tower and the fusion's cell readers as the first stage left them."),
