@@ -112,7 +112,6 @@ class BatchPlan:
             groups = [row[None] for g in groups for row in g]
         self.full = _Pool(groups, len(split), cfg.batch_size, ddp.world)
         self.stage_steps = cfg.curriculum_steps  # TrainConfig: 0 exactly when no stages
-        self.stage_types = cfg.curriculum
         self.ends: list[int] = []  # the step each stage ended, for the stages that have ended
         present = set(split.question_types)
         missing = sorted({t for stage in cfg.curriculum for t in stage} - present)
@@ -303,7 +302,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                     progress.update(task, total=plan.total_steps)
                     if ddp.main:
                         log(f"curriculum stage {stage + 1} of {len(plan.stages)} "
-                            f"({', '.join(plan.stage_types[stage])}) learned at step "
+                            f"({', '.join(cfg.curriculum[stage])}) learned at step "
                             f"{state['step']}: mean training loss {mean:.3f} over its last "
                             f"{CURRICULUM_WINDOW} steps < --curriculum-loss {cfg.curriculum_loss}")
             sched.step()  # the rate of the next step, which may be the first on all rows
