@@ -205,6 +205,27 @@ def test_freeze_binding_holds_what_the_first_stage_learned(tiny_train_config, tm
         dataclasses.replace(tiny_train_config, freeze_binding=True)
 
 
+def test_relation_read_waits_for_the_first_stage(tiny_train_config, tmp_path):
+    model = dataclasses.replace(tiny_train_config.model, fusion_relation=16)
+    cfg = dataclasses.replace(tiny_train_config, model=model, epochs=0, curriculum_steps=2,
+                              curriculum=(("horizontal", "vertical"),), curriculum_loss=0.0)
+    first = train(dataclasses.replace(cfg, out=str(tmp_path / "a")), log=lambda *_: None)
+    torch.manual_seed(cfg.seed)
+    init = DualModalNet(first["config"]).fusion.relation
+    assert all(torch.equal(p, q) for p, q in zip(first["model"].fusion.relation.parameters(),
+                                                 init.parameters()))
+    assert not torch.equal(first["model"].head[0].weight, init_head(cfg))  # the rest trained
+    two = train(dataclasses.replace(cfg, out=str(tmp_path / "b"),
+                                    curriculum=cfg.curriculum + (("shape",),)),
+                log=lambda *_: None)["model"]
+    assert two.fusion.relation.out.weight.abs().sum() > 0  # it trains from the second stage on
+
+
+def init_head(cfg) -> torch.Tensor:
+    torch.manual_seed(cfg.seed)
+    return DualModalNet(cfg.model).head[0].weight
+
+
 @pytest.mark.parametrize("by", list(BatchBy))
 def test_batches_by_question_or_by_whole_image(tiny_split, tiny_train_config, by):
     plan = BatchPlan(tiny_split, dataclasses.replace(tiny_train_config, batch_by=by), Dist())

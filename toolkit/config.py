@@ -99,6 +99,10 @@ class ModelConfig:
     # Hidden width of the per-cell ReLU MLP on [cell, what it read from the question]
     # (fusion.py says why); 0 = the seed's plain attention residual.
     fusion_cell_mlp: int = 0
+    # Hidden width of the relation read (fusion.py's RelationRead): after the cells have found the
+    # object the question names, every cell is scored against it and read by a softmax, which
+    # "closest to" and "furthest from" need. 0 = none. Needs grid tokens and `fusion_cell_mlp`.
+    fusion_relation: int = 0
     head_hidden: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -108,6 +112,11 @@ class ModelConfig:
             raise ConfigError(f"dim={self.dim} is not divisible by heads={self.heads}")
         if self.fusion_layers < 1:
             raise ConfigError(f"fusion_layers must be >= 1, got {self.fusion_layers}")
+        if self.fusion_relation and not (self.fusion_cell_mlp and self.fusion is Fusion.cross_attention
+                                         and self.visual_tokens is VisualTokens.grid):
+            raise ConfigError("fusion_relation reads the cells against the object the cell MLP "
+                              "kept: it needs fusion=cross_attention, visual_tokens=grid and "
+                              "fusion_cell_mlp > 0")
         if not 1 <= self.vision.stages <= 4:
             raise ConfigError(f"vision.stages must be 1..4, got {self.vision.stages}")
 
@@ -200,6 +209,7 @@ PRESETS: dict[str, ModelConfig] = {
         visual_tokens=VisualTokens.grid,
         fusion_layers=1,
         fusion_cell_mlp=256,
+        fusion_relation=128,
         head_hidden=256,
     ),
     "tiny": ModelConfig(
@@ -212,6 +222,7 @@ PRESETS: dict[str, ModelConfig] = {
         visual_tokens=VisualTokens.grid,
         fusion_layers=1,
         fusion_cell_mlp=32,
+        fusion_relation=32,
         head_hidden=32,
     ),
 }

@@ -232,6 +232,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
     held = model.fusion.held_during_curriculum()
+    held_first = model.fusion.held_in_first_stage()
     binding = model.binding_parameters() if cfg.freeze_binding else []
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else nullcontext())
@@ -284,7 +285,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             # no gradient, so AdamW leaves them (and their decay) alone
-            frozen = [] if stage is None else held + (binding if stage > 0 else [])
+            frozen = [] if stage is None else held + (binding if stage > 0 else held_first)
             for p in frozen:
                 p.grad = None
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

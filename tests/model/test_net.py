@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from toolkit.config import Fusion, VisionConfig, VisualTokens, preset
+from toolkit.config import ConfigError, Fusion, VisionConfig, VisualTokens, preset
 from toolkit.model import DualModalNet, count_parameters
 
 
@@ -66,7 +66,11 @@ def test_padding_tokens_do_not_change_the_output(name):
 @pytest.mark.parametrize("tokens", list(VisualTokens))
 @torch.no_grad()
 def test_every_fusion_and_token_mode_runs(fusion, tokens):
-    cfg = preset("tiny", fusion=fusion, visual_tokens=tokens, num_classes=5)
+    # the relation read needs a grid and the cross-attention's cell MLP (its own test below)
+    relation = preset("tiny").fusion_relation if (
+        fusion is Fusion.cross_attention and tokens is VisualTokens.grid) else 0
+    cfg = preset("tiny", fusion=fusion, visual_tokens=tokens, num_classes=5,
+                 fusion_relation=relation)
     m = DualModalNet(cfg).eval()
     out = m(*_inputs(cfg, batch=3))
     assert out.shape == (3, 5) and torch.isfinite(out).all()
@@ -165,4 +169,51 @@ def test_image_summary_reaches_the_head_when_the_cell_mlp_silences_every_cell():
     torch.nn.init.normal_(summary.weight, std=0.1)
     out = m(image, ids, mask)
     assert (out[0] - out[1]).abs().max() > 1e-3  # the summary carries it
-    assert DualModalNet(preset("tiny", fusion_cell_mlp=0)).fusion.summary is None
+    assert DualModalNet(preset("tiny", fusion_cell_mlp=0, fusion_relation=0)).fusion.summary is None
+
+
+@torch.no_grad()
+def test_relation_read_starts_silent_then_reads_the_cells():
+    torch.manual_seed(0)
+    without = DualModalNet(preset("tiny", fusion_relation=0)).eval()
+    torch.manual_seed(0)
+    cfg = preset("tiny", fusion_relation=16)
+    m = DualModalNet(cfg).eval()
+    relation = m.fusion.relation
+    image, ids, mask = _inputs(cfg, batch=2)
+    ref = m(image, ids, mask)
+    # the same start as without it: the other weights are drawn as before, and `out` is zero
+    torch.testing.assert_close(ref, without(image, ids, mask))
+    torch.nn.init.normal_(relation.score[0].weight, std=1.0)
+    torch.testing.assert_close(m(image, ids, mask), ref)
+    torch.nn.init.normal_(relation.out.weight, std=0.5)
+    assert (m(image, ids, mask) - ref).abs().max() > 1e-3
+    assert DualModalNet(preset("tiny", fusion_relation=0)).fusion.relation is None
+
+
+@torch.no_grad()
+def test_relation_geometry_is_measured_from_the_kept_object():
+    # One kept cell: the named object is that cell, its offset is zero, and every other cell's
+    # squared distance is measured from its centre.
+    torch.manual_seed(0)
+    relation = DualModalNet(preset("tiny", fusion_relation=16)).fusion.relation
+    seen = {}
+    relation.score.register_forward_hook(lambda mod, inp, out: seen.__setitem__("x", inp[0]))
+    n, d = 9, 32
+    xy = torch.tensor([[x, y] for y in (-2 / 3, 0, 2 / 3) for x in (-2 / 3, 0, 2 / 3)])  # 3x3
+    cells = torch.randn(1, n, d)
+    kept = torch.zeros(1, n, d)
+    kept[0, 5] = 0.3  # the cell right of the centre
+    relation(cells, kept, torch.randn(1, d), xy)
+    x = seen["x"][0]  # (N, 3D + 4): cell, named, question, offset, distance^2, share
+    torch.testing.assert_close(x[:, d:2 * d], cells[0, 5].expand(n, d))
+    torch.testing.assert_close(x[:, 3 * d:3 * d + 2], xy - xy[5])
+    torch.testing.assert_close(x[:, 3 * d + 2], ((xy - xy[5]) ** 2).sum(-1))
+    torch.testing.assert_close(x[:, -1], torch.eye(n)[5])  # all of the kept output is on cell 5
+
+
+def test_relation_read_needs_the_cell_mlp_and_a_grid():
+    with pytest.raises(ConfigError, match="fusion_relation"):
+        preset("tiny", fusion_relation=16, fusion_cell_mlp=0)
+    with pytest.raises(ConfigError, match="fusion_relation"):
+        preset("tiny", fusion_relation=16, visual_tokens=VisualTokens.pooled)

@@ -23,6 +23,12 @@ added to the output, so that statistics of the whole image keep a path. It start
 training holds it there while a curriculum runs (`held_during_curriculum`): no statistic answers
 the curriculum's questions, and a summary that has weights sends every cell the same gradient,
 which stopped the binding in the runs of bench/training.md.
+
+"What is the shape of the object closest to the red object?" needs one more step: compare every
+other object's place with the red one's, and read the winner's shape. Summing the cells cannot pick
+one object, and the cell MLP has already silenced all but the named one. With `fusion_relation` a
+`RelationRead` scores every cell as it entered the fusion against the named object (its features,
+and where it is relative to it), and a softmax over the cells reads the best-scoring ones.
 """
 
 from __future__ import annotations
@@ -71,6 +77,58 @@ class CellReader(nn.Module):
         return self.mlp(torch.cat([v, a], dim=-1))  # (B, N, D)
 
 
+class RelationRead(nn.Module):
+    """Score each cell against the object the cell MLP kept; read the cells by a softmax over them.
+
+    The named object is where the cell MLP's (non-negative) output is: its share of the output,
+    squared so that the object's strongest cells dominate, weights the cells' features and centres.
+    Each cell's geometry is its offset from the named object, the squared distance and the cell's
+    own share. "Closest" and "furthest" are an argmin and an argmax of that distance over the cells
+    that hold another object, so the score has a term bilinear in the question and the geometry
+    (the question sets the sign and weight of the distance), plus a ReLU MLP on [cell, named
+    object, question, geometry] for the rest (is there an object here, is it the named one). One
+    softmax per head picks cells; their projected features are read, and a zero-initialised layer
+    adds the read to the fusion's output, so that the model starts as without it.
+    """
+
+    GEOMETRY = 4  # offset x, offset y, squared distance, share of the kept output
+
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.heads = heads
+        self.score = nn.Sequential(
+            nn.Linear(3 * dim + self.GEOMETRY, hidden), nn.ReLU(),
+            nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, heads),
+        )
+        self.gate = nn.Linear(dim, heads * self.GEOMETRY)
+        self.value = nn.Linear(dim, dim)
+        self.out = skip_init(nn.Linear, dim, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
+                xy: torch.Tensor) -> torch.Tensor:
+        # cells: (B, N, D) as they entered the fusion; kept: (B, N, D) the cell MLP's output;
+        # question: (B, D); xy: (N, 2) cell centres in [-1, 1]
+        b, n, d = cells.shape
+        w = kept.sum(-1).square()  # (B, N)
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-6)
+        named = torch.einsum("bn,bnd->bd", w, cells)  # (B, D)
+        offset = xy.unsqueeze(0) - (w @ xy).unsqueeze(1)  # (B, N, 2)
+        geometry = torch.cat([offset, offset.square().sum(-1, keepdim=True), w.unsqueeze(-1)],
+                             dim=-1)  # (B, N, 4)
+        scores = self.score(torch.cat([cells, named.unsqueeze(1).expand(b, n, d),
+                                       question.unsqueeze(1).expand(b, n, d), geometry],
+                                      dim=-1))  # (B, N, H)
+        gate = self.gate(question).view(b, self.heads, self.GEOMETRY)  # (B, H, 4)
+        scores = scores + torch.einsum("bng,bhg->bnh", geometry, gate)  # (B, N, H)
+        pick = scores.softmax(dim=1)  # (B, N, H): each head's choice of cells
+        values = self.value(cells).view(b, n, self.heads, d // self.heads)  # (B, N, H, D/H)
+        read = torch.einsum("bnh,bnhe->bhe", pick, values).reshape(b, d)  # (B, D)
+        return self.out(read)  # (B, D)
+
+
 class BidirectionalBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -95,6 +153,7 @@ class FusionModule(nn.Module):
         self.kind = cfg.fusion
         d = cfg.dim
         self.summary: nn.Linear | None = None
+        self.relation: RelationRead | None = None
         if self.kind is Fusion.cross_attention:
             self.blocks = nn.ModuleList(BidirectionalBlock(cfg) for _ in range(cfg.fusion_layers))
             self.out = nn.Linear(2 * d, d)
@@ -103,6 +162,12 @@ class FusionModule(nn.Module):
                 self.summary = skip_init(nn.Linear, d, d)
                 nn.init.zeros_(self.summary.weight)
                 nn.init.zeros_(self.summary.bias)
+            if cfg.fusion_relation:
+                # Drawn from a stream of its own: every other weight starts as without it, so a
+                # recipe's seed keeps the start it was measured from.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(int(torch.randint(2**62, ())))
+                    self.relation = RelationRead(d, cfg.heads, cfg.fusion_relation)
         elif self.kind is Fusion.concat:
             self.out = nn.Linear(2 * d, d)
         else:  # elementwise
@@ -111,9 +176,18 @@ class FusionModule(nn.Module):
     def held_during_curriculum(self) -> list[nn.Parameter]:
         return [] if self.summary is None else list(self.summary.parameters())
 
-    def forward(self, v: torch.Tensor, t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # v: (B, N, D) visual tokens; t: (B, L, D) text tokens; mask: (B, L), 1 = real token
+    def held_in_first_stage(self) -> list[nn.Parameter]:
+        """The relation read: until the first curriculum stage has bound the question's object to
+        its cells, its softmax finds the object itself, a shortcut that stopped the binding
+        (bench/training.md)."""
+        return [] if self.relation is None else list(self.relation.parameters())
+
+    def forward(self, v: torch.Tensor, t: torch.Tensor, mask: torch.Tensor,
+                xy: torch.Tensor | None = None) -> torch.Tensor:
+        # v: (B, N, D) visual tokens; t: (B, L, D) text tokens; mask: (B, L), 1 = real token;
+        # xy: (N, 2) the cells' centres when v is a grid (RelationRead needs them)
         q = masked_mean(t, mask).unsqueeze(1)  # (B, 1, D)
+        cells, question = v, q.squeeze(1)
         summary = None
         if self.summary is not None:
             summary = self.summary(v.mean(1))  # (B, D), before the MLP silences any cell
@@ -126,4 +200,10 @@ class FusionModule(nn.Module):
         if self.kind is Fusion.elementwise:
             return self.out(pooled_v * pooled_t)  # (B, D)
         fused = self.out(torch.cat([pooled_v, pooled_t], dim=-1))  # (B, D)
-        return fused if summary is None else fused + summary
+        if summary is not None:
+            fused = fused + summary
+        if self.relation is not None:
+            if xy is None:
+                raise ValueError("fusion_relation needs the cells' centres (xy)")
+            fused = fused + self.relation(cells, v, question, xy)
+        return fused

@@ -28,12 +28,16 @@ class GridPosition(nn.Module):
         self.freqs = freqs
         self.proj = nn.Linear(2 + 4 * freqs, dim)
 
-    def forward(self, h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def centres(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
+        """(h*w, 2): each cell's (x, y) centre in [-1, 1], row by row as the tokens are flattened."""
         ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) / h * 2 - 1
         xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) / w * 2 - 1
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        xy = torch.stack([xx.flatten(), yy.flatten()], dim=-1)  # (h*w, 2)
-        scales = (2.0 ** torch.arange(self.freqs, device=like.device, dtype=like.dtype)) * math.pi
+        return torch.stack([xx.flatten(), yy.flatten()], dim=-1)  # (h*w, 2)
+
+    def forward(self, xy: torch.Tensor) -> torch.Tensor:
+        scales = (2.0 ** torch.arange(self.freqs, device=xy.device, dtype=xy.dtype)) * math.pi
         ang = (xy.unsqueeze(-1) * scales).flatten(1)  # (h*w, 2F)
         feats = torch.cat([xy, ang.sin(), ang.cos()], dim=-1)  # (h*w, 2 + 4F)
         return self.proj(feats)  # (h*w, D)
@@ -61,21 +65,26 @@ class DualModalNet(nn.Module):
         return [p for m in (self.text, self.text_proj, *readers) for p in m.parameters()]
 
     def visual_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        return self._tokens(image)[0]
+
+    def _tokens(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The visual tokens (B, N, D), and each cell's centre (N, 2) when they are a grid."""
         fmap = self.vision(image)  # (B, C, h, w), e.g. (B, 2048, 7, 7) for ResNet-50 at 224 px
         if self.position is None:
-            return self.visual_proj(fmap.mean(dim=(2, 3))).unsqueeze(1)  # (B, 1, D)
+            return self.visual_proj(fmap.mean(dim=(2, 3))).unsqueeze(1), None  # (B, 1, D)
         h, w = fmap.shape[-2:]
         tokens = self.visual_proj(fmap.flatten(2).transpose(1, 2))  # (B, h*w, D)
-        return tokens + self.position(h, w, tokens)  # (B, h*w, D)
+        xy = GridPosition.centres(h, w, tokens)  # (h*w, 2)
+        return tokens + self.position(xy), xy  # (B, h*w, D)
 
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 image_index: torch.Tensor | None = None) -> torch.Tensor:
-        v = self.visual_tokens(image)  # (B, N, D)
+        v, xy = self._tokens(image)  # (B, N, D), (N, 2) or None
         if image_index is not None:
             # Training shares one image among its questions: (K, N, D) -> (B, N, D).
             v = v[image_index]
         t = self.text_proj(self.text(input_ids, attention_mask))  # (B, L, D)
-        fused = self.fusion(v, t, attention_mask)  # (B, D)
+        fused = self.fusion(v, t, attention_mask, xy)  # (B, D)
         return self.head(fused)  # (B, num_classes)
 
 
