@@ -387,7 +387,8 @@ class Tolerance:
 # so the bound leaves about 2x room over the worst trained model measured; cosine is the tight check.
 # Then 0.931 on the fifth session's `small` (logits spanning 127), 0.176 with its convolutions kept
 # in FP32 (`--exclude-op-type Conv`, which `make demo` passes): the bound was kept, the graph fixed;
-# 0.212 on the sixth session's (convolutions in FP32).
+# 0.212 on the sixth session's and 0.336 on the seventh's, with its relation read (convolutions in
+# FP32; cosine 0.999998, top-1 100%): 1.5x under the bound.
 # int8 is judged by what matters for a classifier (decisions, held-out accuracy), not by
 # elementwise error.
 TOLERANCES: dict[Precision, Tolerance] = {
