@@ -109,3 +109,13 @@ def run2(model, d, lr=1e-3, imgs=11, secs=180, eval_every=200, wd=0.01, warmup=2
 def coords(h, w):  # (h*w, 2) cell centres in [-1, 1]
     ys = (torch.arange(h) + 0.5) / h * 2 - 1; xs = (torch.arange(w) + 0.5) / w * 2 - 1
     yy, xx = torch.meshgrid(ys, xs, indexing='ij'); return torch.stack([xx.flatten(), yy.flatten()], -1)
+
+
+def load_run(argv):
+    """`RUN [DATA] [best|last]` from argv: the checkpoint, its model in eval mode and the held-out
+    split of DATA, preprocessed with the run's own tokenizer (kept.py, relate.py)."""
+    from toolkit.checkpoint import load_checkpoint
+    data = argv[2] if len(argv) > 2 else 'data/sort-of-clevr'
+    ck = load_checkpoint(argv[1], argv[3] if len(argv) > 3 else 'last')
+    val = load_split(resolve_manifest(data, 'val'), ck.labels, ck.tokenizer, ck.config.image_size)
+    return ck, ck.model.eval(), val, data

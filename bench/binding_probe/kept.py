@@ -12,16 +12,12 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-torch.set_num_threads(int(os.environ.get('THREADS', 2)))
-from toolkit.checkpoint import load_checkpoint  # noqa: E402
-from toolkit.data.manifest import load_split, resolve_manifest  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import load_run  # noqa: E402
 
+ck, model, val, data = load_run(sys.argv)
+cfg = ck.config
 run = sys.argv[1]
-data = sys.argv[2] if len(sys.argv) > 2 else 'data/sort-of-clevr'
-ck = load_checkpoint(run, sys.argv[3] if len(sys.argv) > 3 else 'last')
-model, cfg = ck.model.eval(), ck.config
-val = load_split(resolve_manifest(data, 'val'), ck.labels, ck.tokenizer, cfg.image_size)
 kept = {}
 model.fusion.blocks[0].visual_to_text.register_forward_hook(
     lambda mod, inp, out: kept.__setitem__('cells', out))

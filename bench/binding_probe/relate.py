@@ -1,8 +1,8 @@
 """Where the relation read looks (seventh session).
 
 For the first 1,200 held-out questions of each relational type: the share of each head's softmax on
-the cells of the object the answer is about (the closest or furthest one), on the named object's
-cells, and on the rest. A cell belongs to an object when its 8-pixel square overlaps the object.
+the cells of the object the answer is about (the closest or furthest one), and on the named
+object's cells. A cell belongs to an object when its square of the image overlaps the object.
 
     python bench/binding_probe/relate.py RUN [DATA] [best|last]
 """
@@ -13,16 +13,11 @@ import sys
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..'))
-torch.set_num_threads(int(os.environ.get('THREADS', 2)))
-from toolkit.checkpoint import load_checkpoint  # noqa: E402
-from toolkit.data.manifest import load_split, resolve_manifest  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import load_run  # noqa: E402
 
-run = sys.argv[1]
-data = sys.argv[2] if len(sys.argv) > 2 else 'data/sort-of-clevr'
-ck = load_checkpoint(run, sys.argv[3] if len(sys.argv) > 3 else 'last')
-model, cfg = ck.model.eval(), ck.config
-val = load_split(resolve_manifest(data, 'val'), ck.labels, ck.tokenizer, cfg.image_size)
+ck, model, val, data = load_run(sys.argv)
+cfg = ck.config
 rows = [json.loads(line) for line in open(os.path.join(data, 'val.jsonl'))]
 rel = model.fusion.relation
 
