@@ -112,8 +112,9 @@ class ModelConfig:
             raise ConfigError(f"dim={self.dim} is not divisible by heads={self.heads}")
         if self.fusion_layers < 1:
             raise ConfigError(f"fusion_layers must be >= 1, got {self.fusion_layers}")
-        if self.fusion_relation and not (self.fusion_cell_mlp and self.fusion is Fusion.cross_attention
-                                         and self.visual_tokens is VisualTokens.grid):
+        cell_grid = (self.fusion is Fusion.cross_attention and self.fusion_cell_mlp > 0
+                     and self.visual_tokens is VisualTokens.grid)
+        if self.fusion_relation and not cell_grid:
             raise ConfigError("fusion_relation reads the cells against the object the cell MLP "
                               "kept: it needs fusion=cross_attention, visual_tokens=grid and "
                               "fusion_cell_mlp > 0")

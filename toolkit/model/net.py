@@ -30,7 +30,7 @@ class GridPosition(nn.Module):
 
     @staticmethod
     def centres(h: int, w: int, like: torch.Tensor) -> torch.Tensor:
-        """(h*w, 2): each cell's (x, y) centre in [-1, 1], row by row as the tokens are flattened."""
+        """(h*w, 2): each cell's (x, y) centre in [-1, 1], row by row as tokens are flattened."""
         ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) / h * 2 - 1
         xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) / w * 2 - 1
         yy, xx = torch.meshgrid(ys, xs, indexing="ij")
