@@ -39,6 +39,13 @@ def test_train_then_eval(tiny_data, tmp_path):
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["n"] == sum(sum(row) for row in report["confusion"])
     assert set(report["groups"]) == {"non_relational", "relational"}
+    # floors: a barely trained model is far under 99% on some type, and the line says which
+    r = _run("eval", "--checkpoint", out, "--data", tiny_data, "--min-type-accuracy", 99)
+    assert r.exit_code == 1 and "is below the floor of 99%" in r.output
+    r = _run("eval", "--checkpoint", out, "--data", tiny_data, "--min-accuracy", 0)
+    assert r.exit_code == 0, r.output
+    r = _run("eval", "--checkpoint", out, "--data", tiny_data, "--min-accuracy", 101)
+    assert r.exit_code == 2 and "less than or equal to" in r.output
 
 
 @pytest.mark.parametrize("args,message", [

@@ -155,16 +155,30 @@ def eval_(
     which: str = typer.Option("best", help="best or last weights."),
     device: Device = typer.Option(Device.auto),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report here."),
+    min_accuracy: Optional[float] = typer.Option(
+        None, min=0, max=100, help="Exit 1 if overall accuracy (percent) is below this."),
+    min_group_accuracy: Optional[float] = typer.Option(
+        None, min=0, max=100, help="Exit 1 if non-relational or relational accuracy is below."),
+    min_type_accuracy: Optional[float] = typer.Option(
+        None, min=0, max=100, help="Exit 1 if any question type's accuracy is below this."),
 ) -> None:
-    """Accuracy overall and per question type, and the confusion matrix."""
-    from toolkit.evaluate import evaluate_checkpoint, format_report
+    """Accuracy overall and per question type, and the confusion matrix; optional floors."""
+    from toolkit.config import AccuracyFloors
+    from toolkit.evaluate import below_floors, evaluate_checkpoint, format_report
 
+    floors = AccuracyFloors(overall=min_accuracy, group=min_group_accuracy,
+                            per_type=min_type_accuracy)
     report = evaluate_checkpoint(checkpoint, data, split=split, which=which, device=device)
     console.print(format_report(report))
     if json_out:
         from toolkit.artifacts import write_json
 
         write_json(json_out, report)
+    failures = below_floors(report, floors)
+    for line in failures:
+        err.print(f"FAILED: {line}", highlight=False, markup=False)
+    if failures:
+        raise typer.Exit(1)
 
 
 # ---- export and parity (issue 3)

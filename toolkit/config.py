@@ -134,6 +134,21 @@ class DataConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class AccuracyFloors:
+    """Held-out accuracy a trained model must reach, in percent; None = not checked."""
+
+    overall: float | None = None
+    group: float | None = None  # each of non-relational and relational
+    per_type: float | None = None  # each question type
+
+    def __post_init__(self) -> None:
+        for name in ("overall", "group", "per_type"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 100:
+                raise ConfigError(f"accuracy floor {name}={v} is not a percentage in 0..100")
+
+
 # Steps whose mean training loss decides that a curriculum has been learned (--curriculum-loss).
 CURRICULUM_WINDOW = 100
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.config import ModelConfig
+from toolkit.config import AccuracyFloors, ModelConfig
 from toolkit.data.manifest import Split, load_split, resolve_manifest
 from toolkit.data.preprocess import Tokenizer
 from toolkit.metrics import classification_report, group_accuracy, majority_baseline
@@ -69,3 +69,12 @@ def format_report(report: dict) -> str:
     for name, row in zip(labels, report["confusion"]):
         lines.append(f"{name:>{w}}" + "".join(f"{c:>{w}}" for c in row))
     return "\n".join(lines)
+
+
+def below_floors(report: dict, floors: AccuracyFloors) -> list[str]:
+    """One line per accuracy under its floor, with the figure and the floor; empty when met."""
+    checks = [("overall", report["accuracy"], floors.overall)]
+    checks += [(g, v, floors.group) for g, v in report.get("groups", {}).items()]
+    checks += [(t, v, floors.per_type) for t, v in report["per_type"].items()]
+    return [f"{name} accuracy {100 * v:.2f}% is below the floor of {floor:g}%"
+            for name, v, floor in checks if floor is not None and 100 * v < floor]

@@ -89,7 +89,7 @@ def prepare_data(cfg: TrainConfig, run: Path | None = None):
         mcfg = dataclasses.replace(
             mcfg, num_classes=len(labels),
             text=dataclasses.replace(mcfg.text, vocab_size=len(tokenizer.vocab)))
-    train = load_split(train_path, labels, tokenizer, mcfg.image_size, cfg.skip_bad_rows)
+    train = load_split(train_path, labels, tokenizer, mcfg.image_size, cfg.skip_bad_rows, rows)
     val = load_split(resolve_manifest(cfg.data, "val"), labels, tokenizer, mcfg.image_size,
                      cfg.skip_bad_rows)
     return mcfg, labels, tokenizer, train, val

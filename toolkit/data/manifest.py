@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit.errors import ToolkitError
+from toolkit.data import cache
 from toolkit.data.preprocess import PreprocessError, Tokenizer, load_image, normalize, pad
 
 REQUIRED = ("image", "text", "label")
@@ -76,7 +77,12 @@ def read_manifest(path: str | Path) -> list[Row]:
     if not records:
         raise DataError(f"{path} has zero rows; a manifest needs at least one image,text,label row")
     base = path.parent
-    return [Row(line, base / str(r["image"]), str(r["text"] or ""), str(r["label"]),
+    images: dict[str, Path] = {}  # one Path per file: datasets ask several questions per image
+    for _, r in records:
+        name = str(r["image"])
+        if name not in images:
+            images[name] = base / name
+    return [Row(line, images[str(r["image"])], str(r["text"] or ""), str(r["label"]),
                 str(r.get("question_type") or "")) for line, r in records]
 
 
@@ -118,43 +124,65 @@ class Split:
 
 
 def load_split(path: str | Path, labels: Sequence[str], tokenizer: Tokenizer, image_size: int,
-               skip_bad_rows: bool = False) -> Split:
-    rows = read_manifest(path)
+               skip_bad_rows: bool = False, rows: Sequence[Row] | None = None) -> Split:
+    """Rows of a manifest (`rows`, if already read from `path`) as model-ready arrays: each image
+    decoded once (and cached next to the manifest, data/cache.py), each distinct text tokenized
+    once."""
+    path = Path(path)
+    rows = read_manifest(path) if rows is None else rows
     label_ids = {name: i for i, name in enumerate(labels)}
-    problems: list[str] = []
-    cache: dict[Path, int] = {}
-    images: list[np.ndarray] = []
+    problems: list[tuple[int, str]] = []
     keep: list[Row] = []
     for row in rows:
         if not row.text.strip():
-            problems.append(f"{path}:{row.line}: empty text")
-            continue
-        if row.label not in label_ids:
-            problems.append(f"{path}:{row.line}: unknown label {row.label!r}")
-            continue
-        if row.image not in cache:
-            try:
-                images.append(load_image(row.image, image_size))
-            except PreprocessError as e:
-                problems.append(f"{path}:{row.line}: {e}")
-                continue
-            cache[row.image] = len(images) - 1
-        keep.append(row)
+            problems.append((row.line, "empty text"))
+        elif row.label not in label_ids:
+            problems.append((row.line, f"unknown label {row.label!r}"))
+        else:
+            keep.append(row)
+    images, index, bad = _decode_images(path, [r.image for r in keep], image_size)
+    problems += [(r.line, bad[r.image]) for r in keep if r.image in bad]
+    keep = [r for r in keep if r.image not in bad]
     if problems and not skip_bad_rows:
-        shown = "\n  ".join(problems[:20])
+        problems.sort()
+        shown = "\n  ".join(f"{path}:{line}: {msg}" for line, msg in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise DataError(f"{len(problems)} bad row(s) in {path}:\n  {shown}{more}\n"
                         "fix them, or pass --skip-bad-rows to leave them out")
     if not keep:
         raise DataError(f"{path}: no usable rows left")
     return Split(
-        images=np.stack(images),
-        image_index=np.array([cache[r.image] for r in keep], dtype=np.int64),
+        images=images,
+        image_index=np.array([index[r.image] for r in keep], dtype=np.int64),
         token_ids=tokenizer.encode_ids([r.text for r in keep]),
         labels=np.array([label_ids[r.label] for r in keep], dtype=np.int64),
         question_types=[r.question_type for r in keep],
-        skipped=problems,
+        skipped=[f"{path}:{line}: {msg}" for line, msg in sorted(problems)],
     )
+
+
+def _decode_images(manifest: Path, row_images: Sequence[Path], size: int
+                   ) -> tuple[np.ndarray, dict[Path, int], dict[Path, str]]:
+    """The distinct images of the rows, in order of first use, as (n, size, size, 3) uint8; each
+    path's index; and the paths that could not be read, with the reason."""
+    paths = list(dict.fromkeys(row_images))
+    where = cache.cache_file(manifest, paths, size)
+    images = cache.load_cached(where, len(paths), size)
+    if images is not None:
+        return images, {p: i for i, p in enumerate(paths)}, {}
+    decoded: dict[Path, np.ndarray] = {}
+    bad: dict[Path, str] = {}
+    for p in paths:
+        try:
+            decoded[p] = load_image(p, size)
+        except PreprocessError as e:
+            bad[p] = str(e)
+    if not decoded:
+        return np.zeros((0, size, size, 3), np.uint8), {}, bad
+    images = np.stack(list(decoded.values()))
+    if not bad:
+        cache.store(where, images)
+    return images, {p: i for i, p in enumerate(decoded)}, bad
 
 
 def dataset_labels(data: str | Path, train_rows: Sequence[Row] | None = None) -> list[str]:

@@ -110,8 +110,9 @@ def train_vocab(texts: Iterable[str], vocab_size: int) -> list[str]:
 
     norm, pre = BertNormalizer(lowercase=True), BertPreTokenizer()
     counts: Counter[str] = Counter()
-    for text in texts:
-        counts.update(w for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)))
+    for text, n in Counter(texts).items():  # questions repeat: normalize each distinct one once
+        for w, _ in pre.pre_tokenize_str(norm.normalize_str(text)):
+            counts[w] += n
     chars = sorted({c for w in counts for c in w})
     alphabet = chars + [f"##{c}" for c in chars]
     room = max(0, vocab_size - len(SPECIAL_TOKENS) - len(alphabet))
@@ -154,7 +155,9 @@ class Tokenizer:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise PreprocessError(f"text #{i} is empty; every image needs a non-empty question")
-        return [e.ids for e in self._tok.encode_batch(list(texts))]
+        distinct = list(dict.fromkeys(texts))  # a dataset asks the same questions many times
+        ids = dict(zip(distinct, (e.ids for e in self._tok.encode_batch(distinct))))
+        return [list(ids[t]) for t in texts]
 
     def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Token ids and attention mask, (B, L) int64; L is the longest text or `pad_to`."""
