@@ -92,3 +92,43 @@ def test_shared_image_batches_cover_each_image_once(folder, tok):
     plain = split.batch(idx, tok, (0, 0, 0), (1, 1, 1))
     assert shared["image"].shape[0] == 3
     assert (shared["image"][shared["image_index"]] == plain["image"]).all()
+
+
+def test_decoded_images_are_cached_and_a_changed_image_is_decoded_again(folder, tok):
+    import os
+
+    from toolkit.data.cache import CACHE_DIR
+
+    rows = [{"image": "img/0.png", "text": "is it a cat", "label": "yes"},
+            {"image": "img/1.png", "text": "is it a dog", "label": "no"},
+            {"image": "img/0.png", "text": "is it a dog", "label": "no"}]
+    path = _jsonl(folder / "m.jsonl", rows)
+    first = load_split(path, ["no", "yes"], tok, 8)
+    cached = list((folder / CACHE_DIR).glob("m.8px.*.npy"))
+    assert len(cached) == 1 and first.images.shape == (2, 8, 8, 3)
+    again = load_split(path, ["no", "yes"], tok, 8)
+    assert isinstance(again.images, np.memmap)  # read from the cache, not decoded
+    assert (again.images == first.images).all()
+    assert again.image_index.tolist() == first.image_index.tolist() == [0, 1, 0]
+    Image.new("RGB", (12, 12), (255, 0, 0)).save(folder / "img" / "0.png")
+    os.utime(folder / "img" / "0.png", ns=(1, 1))  # another size or time: another key
+    changed = load_split(path, ["no", "yes"], tok, 8)
+    assert not isinstance(changed.images, np.memmap)
+    assert (changed.images[0] == [255, 0, 0]).all()
+    assert len(list((folder / CACHE_DIR).glob("m.8px.*.npy"))) == 1  # the stale one is gone
+
+
+def test_a_read_only_dataset_folder_loads_without_a_cache(folder, tok):
+    import os
+
+    rows = [{"image": "img/0.png", "text": "is it a cat", "label": "yes"}]
+    path = _jsonl(folder / "m.jsonl", rows)
+    if os.geteuid() == 0:
+        (folder / ".toolkit-cache").write_text("a file where the folder would go")
+    else:
+        folder.chmod(0o555)
+    try:
+        split = load_split(path, ["no", "yes"], tok, 8)
+    finally:
+        folder.chmod(0o755)
+    assert split.images.shape == (1, 8, 8, 3)
