@@ -80,3 +80,17 @@ def test_unknown_preset_is_a_usage_error(tiny_data, tmp_path):
 def test_verbose_shows_the_traceback(tmp_path, tiny_data):
     r = _run("--verbose", "eval", "--checkpoint", tmp_path / "missing", "--data", tiny_data)
     assert r.exit_code != 0 and r.exception is not None
+
+
+def test_train_reads_model_overrides_from_a_json_file(tiny_data, tmp_path):
+    (tmp_path / "m.json").write_text('{"fusion": "concat", "fusion_relation": 0}')
+    r = _run("train", "--data", tiny_data, "--out", tmp_path / "run", "--preset", "tiny",
+             "--model-config", tmp_path / "m.json", "--max-steps", 1, "--batch-size", 4,
+             "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    assert saved["fusion"] == "concat"
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    r = _run("train", "--data", tiny_data, "--out", tmp_path / "r2", "--model-config",
+             tmp_path / "bad.json")
+    assert r.exit_code == 1 and "must hold a JSON object" in r.output

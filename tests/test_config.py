@@ -40,3 +40,17 @@ def test_seed_preset_is_the_architecture_document():
     assert (cfg.text.hidden_size, cfg.text.num_layers, cfg.text.max_length) == (768, 12, 512)
     assert (cfg.dim, cfg.heads, cfg.dropout, cfg.head_hidden) == (512, 8, 0.1, 256)
     assert cfg.visual_tokens is VisualTokens.pooled and cfg.fusion is Fusion.cross_attention
+
+
+def test_model_config_overrides_nested_fields_and_refuses_unknown_ones():
+    from toolkit.config import model_config
+
+    cfg = model_config("small", {"fusion": "concat", "fusion_relation": 0,
+                                 "vision": {"width": 32}})
+    assert cfg.fusion is Fusion.concat and cfg.vision.width == 32
+    assert cfg.vision.backbone == preset("small").vision.backbone  # the rest of vision kept
+    assert model_config("small") == preset("small")
+    with pytest.raises(ConfigError, match="unknown ModelConfig field"):
+        model_config("small", {"colour": 1})
+    with pytest.raises(ConfigError, match="not a valid Fusion"):
+        model_config("small", {"fusion": "nope"})

@@ -56,6 +56,19 @@ def friendly(fn):
     return wrapper
 
 
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ToolkitError(f"{path} is not a readable JSON file ({e})") from e
+    if not isinstance(data, dict):
+        raise ToolkitError(f"{path} must hold a JSON object of config fields, not "
+                           f"{type(data).__name__}")
+    return data
+
+
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v",
                                        help="Show full tracebacks on errors.")) -> None:
@@ -90,6 +103,9 @@ def train(
     data: Path = typer.Option(..., exists=True, help="Dataset folder (train/val manifests)."),
     out: Path = typer.Option(..., help="Run directory, e.g. runs/small."),
     preset: Preset = typer.Option(Preset.small, help="Model size."),
+    model_config: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="A JSON file of model fields that replace the preset's, e.g. {\"fusion\": \"concat\"}."),
     epochs: int = typer.Option(10, min=1),
     max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps."),
     max_train_seconds: Optional[float] = typer.Option(None, min=1,
@@ -125,7 +141,7 @@ def train(
     from toolkit import config as C
     from toolkit.train import train as run_train
 
-    model = C.preset(preset.value)
+    model = C.model_config(preset.value, _read_json(model_config) if model_config else None)
     if vision_weights:
         model = dataclasses.replace(model, vision=dataclasses.replace(
             model.vision, weights=str(vision_weights)))

@@ -251,6 +251,21 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
     return dataclasses.replace(PRESETS[name], **overrides)
 
 
+def model_config(name: str, overrides: dict[str, Any] | None = None) -> ModelConfig:
+    """The named preset with fields replaced from a (nested) dict, e.g. the JSON of
+    `--model-config`: {"fusion": "concat", "vision": {"width": 32}}. Unknown fields are an error."""
+    base = to_dict(preset(name))
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    try:
+        return from_dict(ModelConfig, base)
+    except (TypeError, ValueError) as e:  # a wrong type or enum value in the overrides
+        raise ConfigError(f"model config overrides {overrides}: {e}") from e
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A JSON-ready dict of a (nested) config dataclass; enums become their values."""
     out: dict[str, Any] = {}
