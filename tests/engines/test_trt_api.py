@@ -39,6 +39,7 @@ TYPED_VARIABLES = {
     "profile": "IOptimizationProfile",
     "cache": "ITimingCache",
     "tensor": "ITensor",
+    "layer": "ILayer",
     "runtime": "Runtime",
     "engine": "ICudaEngine",
     "context": "IExecutionContext",
@@ -211,7 +212,11 @@ def test_the_checked_modules_use_tensorrt_at_all():
                      "ICudaEngine.get_tensor_mode", "IExecutionContext.set_input_shape",
                      "IExecutionContext.set_tensor_address", "IExecutionContext.execute_async_v3",
                      "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY", "IBuilderConfig.DLA_core",
-                     "EngineInspector.get_engine_information"]:
+                     "EngineInspector.get_engine_information", "init_libnvinfer_plugins",
+                     "Runtime.DLA_core", "Runtime.num_DLA_cores",
+                     "IExecutionContext.nvtx_verbosity", "ProfilingVerbosity.LAYER_NAMES_ONLY",
+                     "IBuilderConfig.can_run_on_DLA", "INetworkDefinition.get_layer",
+                     "IBuilderConfig.add_optimization_profile"]:
         assert expected in uses, expected
 
 
