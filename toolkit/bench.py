@@ -285,20 +285,22 @@ class BenchTorchRunner(TorchRunner):
         return contextlib.nullcontext()
 
     def forward(self, args: dict):
-        """Logits, on the GPU, for inputs already there (what compute-only times)."""
+        """Logits, on the GPU, for inputs already there (what compute-only times). All of it in
+        inference mode: the static tensors a graph reads are written in place on every call."""
         import torch
 
-        if self.mode is TorchMode.eager:
-            with torch.inference_mode(), self._autocast():
-                return self.ck.model(**args)
-        key = tuple((k, tuple(v.shape)) for k, v in args.items())
-        if key not in self._graphs:
-            self._graphs[key] = self._capture(args)
-        graph, static_in, static_out = self._graphs[key]
-        for k, v in args.items():
-            static_in[k].copy_(v)
-        graph.replay()
-        return static_out
+        with torch.inference_mode():
+            if self.mode is TorchMode.eager:
+                with self._autocast():
+                    return self.ck.model(**args)
+            key = tuple((k, tuple(v.shape)) for k, v in args.items())
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(args)
+            graph, static_in, static_out = self._graphs[key]
+            for k, v in args.items():
+                static_in[k].copy_(v)
+            graph.replay()
+            return static_out
 
     def _capture(self, args: dict):
         import torch
@@ -306,14 +308,14 @@ class BenchTorchRunner(TorchRunner):
         static_in = {k: v.clone() for k, v in args.items()}
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.inference_mode(), torch.cuda.stream(side):
+        with torch.cuda.stream(side):
             for _ in range(3):
                 with self._autocast():
                     self.ck.model(**static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.inference_mode(), torch.cuda.graph(graph), self._autocast():
+            with torch.cuda.graph(graph), self._autocast():
                 static_out = self.ck.model(**static_in)
         except RuntimeError as e:  # an operation CUDA graphs cannot capture
             raise BenchError(f"{self.checkpoint}: the model cannot be captured as a CUDA graph "

@@ -185,7 +185,7 @@ def test_name_lists_cover_both_supported_majors():
 
 
 def test_the_lists_know_the_documented_differences():
-    # The reference notes' 10.x -> 11.x removals, seen in the extracted lists themselves.
+    # NVIDIA's 10.x -> 11.x migration guide's removals, seen in the extracted lists themselves.
     v10, v11 = VERSIONS["10.3"], VERSIONS["11.4"]
     for removed in ["NetworkDefinitionCreationFlag.EXPLICIT_BATCH", "BuilderFlag.FP16",
                     "BuilderFlag.INT8", "IBuilderConfig.int8_calibrator",

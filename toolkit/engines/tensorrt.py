@@ -140,7 +140,8 @@ def _apply_hardware_compat(trt, config, level: HardwareCompat, gpu) -> None:
 
 def _apply_dla(trt, builder, network, config, core: int) -> None:
     # DLA (Jetson AGX Orin) is supported here on TensorRT 10 only: JetPack 6 ships 10.3, and
-    # TensorRT 11.0-11.3 had no DLA at all (reference notes, section 7).
+    # TensorRT 11.0-11.3 had no DLA at all (docs.nvidia.com/deeplearning/tensorrt/11.3.0/api/
+    # migration/tensorrt-10x-to-11x-jetson.html).
     if trt_major() >= 11:
         raise EngineBuildError("--dla-core is supported with TensorRT 10 on Jetson (JetPack 6) "
                                "only; build without --dla-core on TensorRT 11")
