@@ -39,6 +39,7 @@ def _run(tmp_path, *args):
                           timeout=300, env=env, cwd=tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine runs it all")
 def test_without_a_gpu_it_says_so_and_exits_cleanly(tmp_path):
     proc = _run(tmp_path)
@@ -48,6 +49,7 @@ def test_without_a_gpu_it_says_so_and_exits_cleanly(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 def test_dry_run_lists_the_stages_and_runs_nothing(tmp_path):
     proc = _run(tmp_path, "--dry-run")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -70,7 +72,10 @@ def test_targets_and_the_markdown_report():
     assert got["fp16 cuda_graph batch 1"]["within_15pct"] is False  # 2.5 vs 1.85 ms
     assert got["fp16 eager batch 256"]["ratio"] == pytest.approx(6400 / 6547)
     assert got["fp16 eager batch 1"]["measured"] is None  # not measured: said so
-    report = {"environment": gc.environment(), "date": "2026-12-02", "command": "x",
+    env = {"host": "h200", "nvidia_smi": {"gpus": ["NVIDIA H200, 570.1, 143771 MiB"],
+                                          "cuda_version": "12.8"},
+           "torch": {"version": "2.11.0", "cuda_available": True}, "tensorrt": {"error": "none"}}
+    report = {"environment": env, "date": "2026-12-02", "command": "x",
               "seconds": 12.0, "budget_seconds": 480,
               "tests": {"summary": "3 passed", "failures": [], "skips": ["SKIPPED [1] no trt"]},
               "bench": {"table": "| t |", "targets": list(got.values()), "skipped": [],
@@ -82,8 +87,10 @@ def test_targets_and_the_markdown_report():
     assert "| fp16 cuda_graph batch 1 | p50 latency | 1.85 ms | 2.50 ms | 1.35 | False |" in md
     assert "120.0 samples/s over 30 steps; peak allocated 11.5 GiB" in md
     assert "skipped: TensorRT is not installed" in md and "SKIPPED [1] no trt" in md
+    assert "| GPU (nvidia-smi) | NVIDIA H200, 570.1, 143771 MiB |" in md
 
 
+@pytest.mark.slow
 def test_the_training_loop_runs(tmp_path):
     """The loop of stage 4, on the tiny preset and the CPU for two steps (seed needs the GPU)."""
     pytest.importorskip("torch")
