@@ -11,7 +11,18 @@ timings, named for what they include:
   end_to_end    Predictor.predict on PNG bytes and question strings: decode, resize, normalize,
                 tokenize, infer, softmax.
 
-The question is made of one vocabulary word repeated so that it tokenizes to exactly L tokens.
+The question is made of one vocabulary word repeated so that it tokenizes to exactly L tokens, and
+the prepared feed is made from the same images and questions through the same preprocessing, so
+both timings run the backend on the same (B, L) shapes; each row records the shapes each timing
+ran on (`compute_shapes`, `end_to_end_shapes`) and the table marks a row where they differ.
+
+PyTorch checkpoints on CUDA can also be measured in FP16 (`torch.autocast(float16)`, the mixed
+precision PyTorch runs) and replayed as CUDA graphs (`torch.cuda.CUDAGraph`, one per input shape):
+`torch_precision` and `torch_mode`, for checkpoint artifacts; a reference for the ratio stays FP32
+eager. Device memory: PyTorch's peak allocation (torch.cuda.max_memory_allocated, reset per
+artifact); for ONNX Runtime on CUDA and TensorRT, what the device has in use after the calls
+minus before loading (cudaMemGetInfo, device-wide: other processes' allocations in that time
+count too). On the CPU there is none.
 With `compare` the artifact's source checkpoint (found by the SHA-256 its metadata records, or
 given) is measured the same way in PyTorch eager in the same process, and each row gets the
 ratio reference / artifact (above 1: the artifact is faster).
@@ -22,6 +33,7 @@ run one artifact per process for an isolated figure.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import platform
@@ -36,6 +48,7 @@ import numpy as np
 
 from toolkit.config import Device
 from toolkit.errors import ToolkitError
+from toolkit.runtime.torch_runner import TorchRunner  # (torch itself is imported when used)
 
 
 class BenchError(ToolkitError):
@@ -46,6 +59,16 @@ class ArtifactKind(str, enum.Enum):
     engine = "engine"
     onnx = "onnx"
     checkpoint = "checkpoint"
+
+
+class TorchPrecision(str, enum.Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"  # torch.autocast("cuda", float16)
+
+
+class TorchMode(str, enum.Enum):
+    eager = "eager"
+    cuda_graph = "cuda_graph"  # the forward captured once per input shape and replayed
 
 
 @dataclass(frozen=True)
@@ -66,6 +89,9 @@ class BenchConfig:
     threads: int | None = None  # intra-op threads (ONNX Runtime, PyTorch)
     compare: bool = True  # PyTorch eager of the source checkpoint, side by side
     reference: str | None = None  # the source checkpoint; default: found by SHA-256
+    # How checkpoint artifacts run on CUDA (references stay FP32 eager).
+    torch_precision: TorchPrecision = TorchPrecision.fp32
+    torch_mode: TorchMode = TorchMode.eager
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
@@ -96,6 +122,13 @@ def _validate(cfg: BenchConfig) -> None:
     for b in cfg.batches:
         if b < 1:
             raise BenchError(f"batch size {b} must be at least 1")
+    if _torch_options(cfg) and cfg.device is Device.cpu:
+        raise BenchError("--torch-precision fp16 and --torch-mode cuda_graph are for PyTorch on "
+                         "a GPU; add --device cuda")
+
+
+def _torch_options(cfg: BenchConfig) -> bool:
+    return (cfg.torch_precision, cfg.torch_mode) != (TorchPrecision.fp32, TorchMode.eager)
 
 
 # ------------------------------------------------------------------ statistics
@@ -211,16 +244,106 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB
 
 
-def _load(kind: ArtifactKind, path: str, cfg: BenchConfig):
+def _load(kind: ArtifactKind, path: str, cfg: BenchConfig, role: str):
     from toolkit.runtime.predictor import Predictor
 
     if kind is ArtifactKind.checkpoint and cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
+    if kind is ArtifactKind.checkpoint and role == "candidate" and _torch_options(cfg):
+        return _load_torch_variant(path, cfg)
     backend = {ArtifactKind.engine: "tensorrt", ArtifactKind.onnx: "onnxruntime",
                ArtifactKind.checkpoint: "torch"}[kind]
     return Predictor.load(path, backend=backend, device=cfg.device.value, threads=cfg.threads)
+
+
+class BenchTorchRunner(TorchRunner):
+    """A checkpoint on CUDA with its forward in FP16 autocast and/or replayed as a CUDA graph.
+
+    Graphs follow PyTorch's recipe (pytorch.org/docs/stable/notes/cuda.html, "CUDA Graphs"):
+    a few warm-up calls on a side stream, capture with torch.cuda.graph into static inputs, then
+    copy each call's inputs into those and replay. Autocast runs with cache_enabled=False, which
+    the same notes ask for under capture.
+    """
+
+    def __init__(self, checkpoint: str | Path, precision: TorchPrecision, mode: TorchMode,
+                 device: str = "cuda"):
+        super().__init__(checkpoint, device=device)
+        self.precision, self.mode = precision, mode
+        self._graphs: dict = {}  # input shapes -> (graph, static inputs, static logits)
+
+    def _deactivate(self) -> None:
+        self._graphs = {}
+        super()._deactivate()
+
+    def _autocast(self):
+        import torch
+
+        if self.precision is TorchPrecision.fp16:
+            return torch.autocast("cuda", dtype=torch.float16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def forward(self, args: dict):
+        """Logits, on the GPU, for inputs already there (what compute-only times). All of it in
+        inference mode: the static tensors a graph reads are written in place on every call."""
+        import torch
+
+        with torch.inference_mode():
+            if self.mode is TorchMode.eager:
+                with self._autocast():
+                    return self.ck.model(**args)
+            key = tuple((k, tuple(v.shape)) for k, v in args.items())
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(args)
+            graph, static_in, static_out = self._graphs[key]
+            for k, v in args.items():
+                static_in[k].copy_(v)
+            graph.replay()
+            return static_out
+
+    def _capture(self, args: dict):
+        import torch
+
+        static_in = {k: v.clone() for k, v in args.items()}
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                with self._autocast():
+                    self.ck.model(**static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph), self._autocast():
+                static_out = self.ck.model(**static_in)
+        except RuntimeError as e:  # an operation CUDA graphs cannot capture
+            raise BenchError(f"{self.checkpoint}: the model cannot be captured as a CUDA graph "
+                             f"({e}); measure it with --torch-mode eager") from e
+        return graph, static_in, static_out
+
+    def _infer(self, feed: dict) -> dict:
+        import torch
+
+        args = {k: torch.from_numpy(v).to(self.device) for k, v in feed.items()}
+        return {"logits": self.forward(args).float().cpu().numpy()}
+
+
+def _load_torch_variant(path: str, cfg: BenchConfig):
+    """A Predictor on a run directory whose runner is a BenchTorchRunner, on CUDA."""
+    from toolkit.runtime.devices import resolve_device
+    from toolkit.runtime.predictor import Backend, Predictor, run_metadata
+
+    if resolve_device(cfg.device).type != "cuda":
+        raise BenchError("--torch-precision fp16 and --torch-mode cuda_graph need a CUDA GPU, "
+                         "and torch sees none; drop them or run on a GPU")
+    runner = BenchTorchRunner(path, cfg.torch_precision, cfg.torch_mode)
+    runner.activate()
+    try:
+        return Predictor(runner, run_metadata(runner.ck), Backend.torch, Path(path))
+    except BaseException:
+        runner.deactivate()
+        raise
 
 
 def _compute_timing(predictor, feed, cfg: BenchConfig, batch: int) -> Timing:
@@ -234,31 +357,65 @@ def _cuda_event_timing(predictor, feed, cfg: BenchConfig, batch: int) -> Timing:
     """PyTorch on CUDA: inputs placed on the GPU once, each forward timed by CUDA events."""
     import torch
 
-    model = predictor.runner.ck.model
+    runner = predictor.runner
+    forward = runner.forward if isinstance(runner, BenchTorchRunner) else (
+        lambda a: runner.ck.model(**a))
     args = {k: torch.from_numpy(v).cuda() for k, v in feed.items()}
     seconds: list[float] = []
     with torch.inference_mode():
         for _ in range(cfg.warmup):
-            model(**args)
+            forward(args)
         torch.cuda.synchronize()
         deadline = None if cfg.duration is None else time.perf_counter() + cfg.duration
         while (len(seconds) < cfg.iters) if cfg.iters is not None else (
                 time.perf_counter() < deadline or not seconds):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            model(**args)
+            forward(args)
             end.record()
             end.synchronize()
             seconds.append(start.elapsed_time(end) / 1000.0)
     return summarize(seconds, batch, "cuda_events")
 
 
-def _device_peak_bytes(predictor) -> int | None:
-    if predictor.backend.value != "torch" or predictor.runner.device != "cuda":
-        return None
-    import torch
+class DeviceMemory:
+    """The device memory an artifact uses, by the best measure its backend allows (module
+    docstring); `peak()` is None on the CPU."""
 
-    return int(torch.cuda.max_memory_allocated())
+    def __init__(self, cfg: BenchConfig, kind: ArtifactKind) -> None:
+        self.method, self.before = None, 0
+        if cfg.device is Device.cpu:
+            return
+        if kind is ArtifactKind.checkpoint:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+                self.method = "torch.cuda.max_memory_allocated"
+            return
+        from toolkit.runtime import cuda_mem
+
+        try:
+            self.before = cuda_mem.device_memory_used()
+            self.method = "cudaMemGetInfo used, after minus before loading (device-wide)"
+        except cuda_mem.CudaError:
+            self.method = None  # no cuda-python or no GPU: nothing to measure with
+
+    def peak(self, predictor) -> int | None:
+        if self.method is None:
+            return None
+        if predictor.backend.value == "torch":
+            if predictor.runner.device != "cuda":
+                return None
+            import torch
+
+            return int(torch.cuda.max_memory_allocated())
+        if predictor.backend.value == "onnxruntime" and not any(
+                p != "CPUExecutionProvider" for p in predictor.runner.session.get_providers()):
+            return None
+        from toolkit.runtime import cuda_mem
+
+        return cuda_mem.device_memory_used() - self.before
 
 
 @dataclass
@@ -275,26 +432,42 @@ class Row:
     compute_only: dict
     end_to_end: dict
     peak_device_bytes: int | None = None
+    device_memory: str | None = None  # how peak_device_bytes was measured (DeviceMemory)
+    mode: str = "-"  # PyTorch: eager | cuda_graph
+    compute_shapes: dict | None = None  # the input shapes each timing ran the backend on
+    end_to_end_shapes: dict | None = None
     reference: str | None = None
     # reference mean / this mean, per timing (above 1: faster than PyTorch eager)
     speedup_vs_torch: dict | None = None
 
 
+def _shapes(feed: dict) -> dict:
+    return {name: list(x.shape) for name, x in feed.items()}
+
+
 def _measure(kind: ArtifactKind, path: str, cfg: BenchConfig, role: str,
              step: Callable[[str], None]) -> tuple[list[Row], object]:
-    predictor = _load(kind, path, cfg)
+    memory = DeviceMemory(cfg, kind)
+    predictor = _load(kind, path, cfg, role)
+    torch_variant = kind is ArtifactKind.checkpoint and role == "candidate"
     rows = []
     try:
         for batch in cfg.batches:
             step(f"{Path(path).name} batch {batch}")
             feed, pngs, texts = bench_inputs(predictor, batch, cfg.seq)
+            # What predict will feed the backend: the same decode and preprocessing path.
+            e2e_shapes = _shapes(predictor.preprocess(pngs, texts))
             compute = _compute_timing(predictor, feed, cfg, batch)
             e2e = summarize(time_calls(lambda: predictor.predict(pngs, texts, batch_size=batch),
                                        cfg.warmup, cfg.iters, cfg.duration), batch, "perf_counter")
-            rows.append(Row(str(path), kind.value, predictor.backend.value,
-                            predictor.metadata.precision, role, batch, cfg.seq,
-                            model_bytes(kind, Path(path)), peak_rss_bytes(), asdict(compute),
-                            asdict(e2e), _device_peak_bytes(predictor)))
+            precision = (cfg.torch_precision.value if torch_variant
+                         else predictor.metadata.precision)
+            rows.append(Row(str(path), kind.value, predictor.backend.value, precision, role,
+                            batch, cfg.seq, model_bytes(kind, Path(path)), peak_rss_bytes(),
+                            asdict(compute), asdict(e2e), memory.peak(predictor), memory.method,
+                            mode=cfg.torch_mode.value if torch_variant else (
+                                "eager" if kind is ArtifactKind.checkpoint else "-"),
+                            compute_shapes=_shapes(feed), end_to_end_shapes=e2e_shapes))
         return rows, predictor.metadata
     finally:
         predictor.close()
@@ -314,7 +487,7 @@ def run_bench(cfg: BenchConfig, step: Callable[[str], None] = lambda _: None,
     for a in cfg.artifacts:
         got, meta = _measure(a.kind, a.path, cfg, "candidate", step)
         rows += got
-        if a.kind is ArtifactKind.checkpoint:
+        if a.kind is ArtifactKind.checkpoint and not _torch_options(cfg):
             references[str(Path(a.path).resolve())] = got
         if not cfg.compare or a.kind is ArtifactKind.checkpoint:
             continue
@@ -342,6 +515,7 @@ def _config_json(cfg: BenchConfig) -> dict:
     d = asdict(cfg)
     d["artifacts"] = [{"kind": a.kind.value, "path": a.path} for a in cfg.artifacts]
     d["device"] = cfg.device.value
+    d["torch_precision"], d["torch_mode"] = cfg.torch_precision.value, cfg.torch_mode.value
     return d
 
 
@@ -367,17 +541,22 @@ def table_rows(report: dict) -> list[list[str]]:
     for r in report["results"]:
         c, e = r["compute_only"], r["end_to_end"]
         speed = r["speedup_vs_torch"]
-        out.append([Path(r["artifact"]).name, r["backend"], r["precision"], str(r["batch"]),
-                    f"{c['p50_ms']:.2f}", f"{c['p90_ms']:.2f}", f"{c['p99_ms']:.2f}",
-                    f"{c['mean_ms']:.2f}", f"{c['throughput_per_s']:.1f}", f"{e['p50_ms']:.2f}",
-                    f"{r['model_bytes'] / 1e6:.1f}", f"{r['peak_rss_bytes'] / 2**20:.0f}",
+        device = r.get("peak_device_bytes")
+        e2e = f"{e['p50_ms']:.2f}"
+        if r.get("end_to_end_shapes") != r.get("compute_shapes"):
+            e2e += " (other shapes)"  # see the row's compute_shapes / end_to_end_shapes
+        out.append([Path(r["artifact"]).name, r["backend"], r["precision"], r.get("mode", "-"),
+                    str(r["batch"]), f"{c['p50_ms']:.2f}", f"{c['p90_ms']:.2f}",
+                    f"{c['p99_ms']:.2f}", f"{c['mean_ms']:.2f}", f"{c['throughput_per_s']:.1f}",
+                    e2e, f"{r['model_bytes'] / 1e6:.1f}", f"{r['peak_rss_bytes'] / 2**20:.0f}",
+                    "-" if device is None else f"{device / 2**20:.0f}",
                     f"{speed['compute_only']:.2f}x" if speed else "-"])
     return out
 
 
-TABLE_HEADER = ["artifact", "backend", "precision", "batch", "compute p50 ms", "p90 ms", "p99 ms",
-                "mean ms", "samples/s", "end-to-end p50 ms", "size MB", "peak RSS MiB",
-                "vs torch"]
+TABLE_HEADER = ["artifact", "backend", "precision", "mode", "batch", "compute p50 ms", "p90 ms",
+                "p99 ms", "mean ms", "samples/s", "end-to-end p50 ms", "size MB", "peak RSS MiB",
+                "device MiB", "vs torch"]
 
 
 def markdown_table(report: dict) -> str:
@@ -431,6 +610,7 @@ def plot(report: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["Artifact", "ArtifactKind", "BenchConfig", "BenchError", "Timing",
-           "check_plot_available", "markdown_table", "parse_batches", "plot", "run_bench", "summarize",
-           "table_rows", "time_calls", "write_json"]
+__all__ = ["Artifact", "ArtifactKind", "BenchConfig", "BenchError", "BenchTorchRunner",
+           "DeviceMemory", "Timing", "TorchMode", "TorchPrecision", "check_plot_available",
+           "markdown_table", "parse_batches", "plot", "run_bench", "summarize", "table_rows",
+           "time_calls", "write_json"]

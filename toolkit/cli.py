@@ -12,6 +12,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from toolkit.bench import TorchMode, TorchPrecision
 from toolkit.config import (CURRICULUM_WINDOW, ArtifactFormat, BatchBy, CalibMethod, ComputeOp,
                             Device, HardwareCompat, Int8Target, Precision)
 from toolkit.errors import ToolkitError
@@ -363,6 +364,10 @@ def bench(
     compare: bool = typer.Option(True, "--compare/--no-compare",
                                  help="Also PyTorch eager of the source checkpoint, with ratio."),
     reference: Optional[Path] = typer.Option(None, help="The source checkpoint [found by hash]."),
+    torch_precision: TorchPrecision = typer.Option(
+        TorchPrecision.fp32, help="Checkpoints on CUDA: fp16 = torch.autocast float16."),
+    torch_mode: TorchMode = typer.Option(
+        TorchMode.eager, help="Checkpoints on CUDA: cuda_graph = replay a captured graph."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the report here."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="Latency/throughput PNG."),
 ) -> None:
@@ -383,7 +388,8 @@ def bench(
                       + [Artifact(ArtifactKind.checkpoint, str(p)) for p in checkpoint])
     cfg = BenchConfig(artifacts=artifacts, device=device, batches=parse_batches(batch), seq=seq,
                       warmup=warmup, iters=iters, duration=duration, threads=threads,
-                      compare=compare, reference=str(reference) if reference else None)
+                      compare=compare, reference=str(reference) if reference else None,
+                      torch_precision=torch_precision, torch_mode=torch_mode)
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
                   console=err, transient=True) as progress:
         task = progress.add_task("bench", total=None)

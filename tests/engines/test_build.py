@@ -5,17 +5,22 @@ from __future__ import annotations
 import json
 import sys
 import types
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
+from trt_fakes import FakeCudart, make_fake_trt  # noqa: E402  (tests/runtime/trt_fakes.py)
 
 from toolkit.artifacts import METADATA_KEY, ArtifactMetadata
 from toolkit.cli import app
 from toolkit.engines import tensorrt as E
 from toolkit.errors import ToolkitError
+from toolkit.runtime import cuda_mem
 from toolkit.runtime.cuda_mem import GpuInfo
-from toolkit.runtime.trt_plan import (ProfileConfig, TensorRTUnavailable,
-                                      profile_shapes, write_sidecar)
+from toolkit.runtime.trt_plan import (PlanError, ProfileConfig, TensorRTUnavailable,
+                                      profile_shapes, read_sidecar, write_sidecar)
 
 META = ArtifactMetadata(labels=["yes", "no"], image_size=32, mean=[0.5] * 3, std=[0.25] * 3,
                         vocab=["[PAD]", "a"], max_length=16, precision="int8",
@@ -65,7 +70,7 @@ def test_build_config_is_validated_before_anything_else(tmp_path, kw, match):
 def test_build_without_tensorrt_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     cfg = E.BuildConfig(onnx=str(write_onnx(tmp_path / "m.onnx")), out=str(tmp_path / "m.plan"))
-    with pytest.raises(TensorRTUnavailable, match=r"dualmodal-toolkit\[tensorrt\]"):
+    with pytest.raises(TensorRTUnavailable, match=r"dualmodal-toolkit\[tensorrt-cu12\]"):
         E.build_engine(cfg)
     assert not (tmp_path / "m.plan").exists()
 
@@ -99,23 +104,39 @@ class FakeConfig:
     def set_flag(self, flag):
         self.flags.append(flag)
 
+    def can_run_on_DLA(self, layer):
+        return layer == "conv"
+
+
+def network(*layers):
+    return types.SimpleNamespace(num_layers=len(layers), get_layer=lambda i: layers[i])
+
+
+H200, ORIN = GpuInfo("NVIDIA H200", "9.0"), GpuInfo("Orin", "8.7", integrated=True)
+
 
 def test_dla_is_refused_on_tensorrt_11(monkeypatch):
     trt = fake_trt("11.4.0.106")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     with pytest.raises(E.EngineBuildError, match="TensorRT 10 on Jetson"):
-        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), FakeConfig(), 0)
+        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), network("conv"), FakeConfig(),
+                     0)
 
 
 def test_dla_on_tensorrt_10(monkeypatch):
     trt = fake_trt("10.3.0")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     with pytest.raises(E.EngineBuildError, match="no DLA"):
-        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=0), FakeConfig(), 0)
+        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=0), network("conv"), FakeConfig(),
+                     0)
     with pytest.raises(E.EngineBuildError, match="has 2 DLA cores"):
-        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), FakeConfig(), 2)
+        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), network("conv"), FakeConfig(),
+                     2)
+    with pytest.raises(E.EngineBuildError, match="no layer of this network can run on DLA"):
+        E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), network("matmul"),
+                     FakeConfig(), 0)
     config = FakeConfig()
-    E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), config, 1)
+    E._apply_dla(trt, types.SimpleNamespace(num_DLA_cores=2), network("matmul", "conv"), config, 1)
     assert (config.default_device_type, config.DLA_core, config.flags) == ("DLA", 1,
                                                                            ["GPU_FALLBACK"])
 
@@ -124,16 +145,159 @@ def test_hardware_compat_levels(monkeypatch):
     trt = fake_trt("10.3.0")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     config = FakeConfig()
-    E._apply_hardware_compat(trt, config, E.HardwareCompat.ampere_plus)
+    E._apply_hardware_compat(trt, config, E.HardwareCompat.ampere_plus, H200)
     assert config.hardware_compatibility_level == "AP"
     with pytest.raises(E.EngineBuildError, match="needs TensorRT 11"):
-        E._apply_hardware_compat(trt, FakeConfig(), E.HardwareCompat.same_compute_capability)
+        E._apply_hardware_compat(trt, FakeConfig(), E.HardwareCompat.same_compute_capability,
+                                 H200)
     trt.__version__ = "11.4.0.106"
-    E._apply_hardware_compat(trt, config, E.HardwareCompat.same_compute_capability)
+    E._apply_hardware_compat(trt, config, E.HardwareCompat.same_compute_capability, H200)
     assert config.hardware_compatibility_level == "SCC"
     untouched = FakeConfig()
-    E._apply_hardware_compat(trt, untouched, E.HardwareCompat.none)
+    E._apply_hardware_compat(trt, untouched, E.HardwareCompat.none, H200)
     assert not hasattr(untouched, "hardware_compatibility_level")
+
+
+# ------------------------------------------------------------------ build_engine on the fakes
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """install(rt=FakeCudart(...), **trt kwargs) -> the fake tensorrt, on this fake GPU."""
+    def install(rt=None, **kw):
+        rt = rt or FakeCudart()
+        trt = make_fake_trt(cudart=rt, **kw)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setattr(cuda_mem, "cudart", lambda: rt)
+        return trt
+
+    return install
+
+
+def fake_build(tmp_path, **kw):
+    cfg = E.BuildConfig(onnx=str(write_onnx(tmp_path / "m.onnx")), out=str(tmp_path / "m.plan"),
+                        **kw)
+    return E.build_engine(cfg, log=lambda *_: None)
+
+
+def test_build_writes_the_plan_and_a_sidecar_with_the_platform(tmp_path, fake_gpu, monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    fake_gpu()
+    plan = fake_build(tmp_path, profile=ProfileConfig(max_batch=4))
+    side = read_sidecar(plan)
+    assert side["platform"] == {"machine": "x86_64", "system": platform.system(),
+                                "integrated_gpu": False}
+    assert side["profiles"][0]["input_ids"] == {"min": [1, 1], "opt": [4, 16], "max": [4, 16]}
+    assert E.inspect_engine(plan)["layers"][0]["name"] == "conv1"
+
+
+def test_a_model_using_a_standard_plugin_parses_once_plugins_are_registered(tmp_path, fake_gpu):
+    trt = fake_gpu()
+    trt.model.uses_plugin = True  # the parser maps a node to a libnvinfer_plugin plugin
+    plan = fake_build(tmp_path)
+    assert trt.plugins_initialized and plan.is_file()
+
+
+def test_an_inconsistent_profile_shape_is_a_build_error_naming_the_input(tmp_path, fake_gpu,
+                                                                        monkeypatch):
+    trt = fake_gpu()
+    profile_cls = type(trt.Builder(None).create_optimization_profile())
+
+    def refuse(self, name, lo, opt, hi):
+        raise RuntimeError("Shape provided for min is inconsistent with other shapes.")
+
+    monkeypatch.setattr(profile_cls, "set_shape", refuse)
+    with pytest.raises(E.EngineBuildError, match=r"refused the profile of input 'image' min "
+                                                 r"\(1, 3, 8, 8\) opt \(32, 3, 8, 8\).*"
+                                                 r"inconsistent"):
+        fake_build(tmp_path)
+    assert not (tmp_path / "m.plan").exists()
+
+
+def test_an_invalid_profile_is_a_build_error(tmp_path, fake_gpu):
+    trt = fake_gpu()
+    trt.model.invalid_profile = True  # add_optimization_profile returns -1
+    with pytest.raises(E.EngineBuildError, match=r"refused the optimization profile as invalid "
+                                                 r"\('image' min"):
+        fake_build(tmp_path)
+    assert trt.built == []  # refused before the (long) build
+
+
+def test_dla_needs_a_static_profile(tmp_path, fake_gpu):
+    """With a dynamic profile DLA cannot take the network, and GPU fallback would quietly make
+    a GPU engine: refused before TensorRT is asked."""
+    trt = fake_gpu(FakeCudart(cc=(8, 7), name="Orin", integrated=True), dla_cores=2)
+    with pytest.raises(E.EngineBuildError, match=r"--dla-core needs a static profile.*batch is "
+                                                 r"min/opt/max 1/32/32 and sequence 1/16/16.*"
+                                                 r"--min-batch 32 --max-batch 32 --min-seq 16"):
+        fake_build(tmp_path, dla_core=0)
+    assert trt.built == []
+
+
+def test_dla_with_a_static_profile_builds_and_is_loaded_on_its_core(tmp_path, fake_gpu,
+                                                                   monkeypatch):
+    import platform
+
+    from toolkit.runtime.trt_runner import TensorRTRunner
+
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    trt = fake_gpu(FakeCudart(cc=(8, 7), name="Orin", integrated=True), dla_cores=2)
+    static = ProfileConfig(min_batch=2, max_batch=2, min_seq=8, max_seq=8)
+    plan = fake_build(tmp_path, dla_core=1, profile=static)
+    side = read_sidecar(plan)
+    assert side["build"]["dla_core"] == 1 and side["build"]["dla_layers"] >= 1
+    assert side["platform"]["integrated_gpu"] is True
+    with TensorRTRunner(plan) as runner:
+        assert trt.Runtime.instances[-1].DLA_core == 1
+        assert runner.input_specs()["image"].shape == (None, 3, 8, 8)
+
+
+def test_dla_build_with_no_layer_on_dla_is_refused(tmp_path, fake_gpu, monkeypatch):
+    """If TensorRT still puts every layer on the GPU (what GPU fallback does silently), the
+    inspector shows it and the build fails; nothing is written."""
+    fake_gpu(FakeCudart(cc=(8, 7), name="Orin", integrated=True), dla_cores=2)
+    monkeypatch.setattr(E, "_check_dla_profile", lambda cfg, max_length: None)  # let it through
+    with pytest.raises(E.EngineBuildError, match="placed no layer on DLA"):
+        fake_build(tmp_path, dla_core=0)
+    assert not (tmp_path / "m.plan").exists() and not (tmp_path / "m.plan.json").exists()
+
+
+def test_hardware_compat_is_refused_on_jetson(tmp_path, fake_gpu):
+    fake_gpu(FakeCudart(cc=(8, 7), name="Orin", integrated=True))
+    with pytest.raises(E.EngineBuildError, match="--hardware-compat ampere_plus is not supported "
+                                                 "on Jetson"):
+        fake_build(tmp_path, hardware_compat=E.HardwareCompat.ampere_plus)
+
+
+@pytest.mark.parametrize("version", ["9.3.0", "12.0.0.5"])
+def test_an_unsupported_tensorrt_major_is_refused(tmp_path, fake_gpu, version):
+    trt = fake_gpu(version=version)
+    with pytest.raises(PlanError, match=f"this TensorRT is TensorRT {version}; the toolkit "
+                                        f"supports TensorRT 10 and 11 only"):
+        fake_build(tmp_path)
+    assert trt.built == []
+
+
+def test_fake_builder_puts_nothing_on_dla_with_a_dynamic_profile(fake_gpu):
+    """The fake is as strict as DLA: dynamic shapes mean GPU layers, silently."""
+    import json as _json
+
+    trt = fake_gpu(dla_cores=1)
+    builder = trt.Builder(None)
+    net = builder.create_network(0)
+    trt.OnnxParser(net, None).parse_from_file("m.onnx")
+    config = builder.create_builder_config()
+    config.default_device_type = trt.DeviceType.DLA
+    profile = builder.create_optimization_profile()
+    profile.set_shape("image", (1, 3, 8, 8), (4, 3, 8, 8), (4, 3, 8, 8))
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(net, config)
+    info = _json.loads(plan[len(b"FAKEPLAN"):])
+    assert E.dla_layer_names({"Layers": info["layers"]}) == []
+    with pytest.raises(RuntimeError, match="inconsistent"):
+        profile.set_shape("image", (4, 3, 8, 8), (1, 3, 8, 8), (4, 3, 8, 8))
 
 
 # ------------------------------------------------------------------ inspect
@@ -216,7 +380,7 @@ def test_cli_build_without_tensorrt(tmp_path, monkeypatch):
                                       "--hardware-compat", "ampere_plus", "--timing-cache",
                                       str(tmp_path / "t.cache")])
     assert result.exit_code == 1
-    assert "pip install 'dualmodal-toolkit[tensorrt]'" in result.output
+    assert "pip install 'dualmodal-toolkit[tensorrt-cu12]'" in result.output
     assert "NVIDIA GPU" in result.output
 
 

@@ -199,3 +199,26 @@ def test_int8_engine_agrees_with_onnx_runtime_on_the_same_qdq_graph(trt_gpu, tin
     with OnnxRuntimeRunner(tiny_int8.path) as ort, TensorRTRunner(plan) as engine:
         result = compare(ort.infer(x), engine.infer(x), Tolerance(min_cosine=0.99))
     assert result.passed, result.report()
+
+
+def test_cuda_graphs_threads_and_nvtx_on_a_real_engine(trt_gpu, tmp_path):
+    """The runner as a server uses it: CUDA-graph replay matches plain launches, calls from new
+    threads work (the device is set per call), contexts run with names-only NVTX."""
+    import threading
+
+    from toolkit.runtime.trt_runner import TensorRTRunner
+
+    trt, _ = trt_gpu
+    plan, model = build(tmp_path, "fp32")
+    f = feed(2, 8)
+    with TensorRTRunner(plan) as plain, TensorRTRunner(plan, cuda_graph=True) as graphed:
+        assert plain.context.nvtx_verbosity == trt.ProfilingVerbosity.LAYER_NAMES_ONLY
+        want = plain.infer(f)["logits"]
+        for _ in range(3):  # capture, then replays
+            np.testing.assert_allclose(graphed.infer(f)["logits"], want, **TOLERANCES["fp32"])
+        assert graphed.cuda_graph, "the engine could not be captured (see the warning)"
+        out = []
+        t = threading.Thread(target=lambda: out.append(plain.infer(f)["logits"]))
+        t.start()
+        t.join(timeout=120)
+        np.testing.assert_allclose(out[0], want, **TOLERANCES["fp32"])

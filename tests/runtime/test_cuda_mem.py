@@ -93,7 +93,8 @@ def test_missing_cuda_python_names_the_package(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "cuda.bindings", None)
     monkeypatch.setitem(sys.modules, "cuda.bindings.runtime", None)
-    with pytest.raises(CudaUnavailable, match=r"dualmodal-toolkit\[tensorrt\].*NVIDIA GPU"):
+    with pytest.raises(CudaUnavailable, match=r"dualmodal-toolkit\[tensorrt-cu12\].*"
+                                              r"dualmodal-toolkit\[tensorrt-cu13\].*NVIDIA GPU"):
         cuda_mem.cudart()
 
 
@@ -134,6 +135,63 @@ def test_real_gpu_round_trip_reuse_and_bandwidth():
         stream.free()
 
 
+@pytest.mark.gpu
+def test_real_graph_capture_replays_and_a_failed_capture_leaves_the_stream_usable():
+    """CudaGraph on the real driver: a captured copy replays; a capture broken by an operation
+    capture forbids (synchronizing the capturing stream) is a CudaError, its error is cleared and
+    the stream takes plain work again (the order of trtexec's endCaptureOnError)."""
+    _real_gpu_or_skip()
+    rt = cuda_mem.cudart()
+    stream = cuda_mem.Stream()
+    host, dev, back = PinnedBuffer(), DeviceBuffer(), PinnedBuffer()
+    try:
+        x = np.arange(4096, dtype=np.float32)
+        for b in (host, dev, back):
+            b.reserve(x.nbytes)
+        host.view(x.shape, x.dtype)[...] = x
+
+        def copies():
+            cuda_mem.copy_to_device(dev, host, x.nbytes, stream)
+            cuda_mem.copy_to_host(back, dev, x.nbytes, stream)
+            return True
+
+        graph = cuda_mem.CudaGraph.capture(stream, copies)
+        back.view(x.shape, x.dtype)[...] = 0
+        graph.launch(stream)
+        stream.synchronize()
+        np.testing.assert_array_equal(back.view(x.shape, x.dtype), x)
+        graph.free()
+
+        def forbidden():
+            rt.cudaStreamSynchronize(stream._stream)  # not allowed while capturing
+            return True
+
+        with pytest.raises(CudaError, match="CUDA graph capture failed"):
+            cuda_mem.CudaGraph.capture(stream, forbidden)
+        assert rt.cudaGetLastError()[0] == rt.cudaError_t.cudaSuccess
+        back.view(x.shape, x.dtype)[...] = 0
+        copies()
+        stream.synchronize()
+        np.testing.assert_array_equal(back.view(x.shape, x.dtype), x)
+    finally:
+        for b in (host, dev, back):
+            b.free()
+        stream.free()
+
+
+@pytest.mark.gpu
+def test_real_device_memory_and_integrated_flag():
+    gpu = _real_gpu_or_skip()
+    before = cuda_mem.device_memory_used()
+    buf = DeviceBuffer()
+    try:
+        buf.reserve(64 << 20)
+        assert cuda_mem.device_memory_used() - before >= 32 << 20  # other processes may free
+    finally:
+        buf.free()
+    assert isinstance(gpu.integrated, bool)
+
+
 def test_real_bindings_accept_our_arguments_up_to_the_driver():
     """On a machine with cuda-python but no GPU/driver (CI), every call we make reaches the
     driver check: argument types and result tuples are the real bindings' (no TypeError)."""
@@ -145,7 +203,7 @@ def test_real_bindings_accept_our_arguments_up_to_the_driver():
         pytest.skip("a GPU is present: the `gpu` test covers the real calls")
     for call in (lambda: cuda_mem.Stream(), lambda: DeviceBuffer().reserve(1024),
                  lambda: PinnedBuffer().reserve(1024), lambda: cuda_mem.use_device(0),
-                 lambda: cuda_mem.device_info()):
+                 lambda: cuda_mem.device_info(), lambda: cuda_mem.device_memory_used()):
         with pytest.raises(CudaUnavailable, match="NVIDIA GPU"):
             call()
     stream = cuda_mem.Stream.__new__(cuda_mem.Stream)
@@ -185,3 +243,47 @@ def test_every_cudart_name_used_exists_in_the_installed_bindings():
         for part in chain:
             assert hasattr(obj, part), ".".join(chain)
             obj = getattr(obj, part)
+
+
+# ------------------------------------------------------------------ CUDA graphs, devices (fake)
+
+
+def test_a_failed_capture_is_ended_destroyed_and_cleared(rt):
+    """trtexec's endCaptureOnError: end the capture, destroy any graph it returned, clear the
+    error with cudaGetLastError; the stream then takes plain work again."""
+    stream = cuda_mem.Stream()
+    with pytest.raises(CudaError, match="its enqueue returned false"):
+        cuda_mem.CudaGraph.capture(stream, lambda: (rt.fail_capture(), False)[1])
+    assert rt.graphs == {} and rt.capturing == {} and rt.last_error is None
+    with pytest.raises(CudaError, match="cudaStreamEndCapture failed with "
+                                        "cudaErrorStreamCaptureInvalidated"):
+        rt.invalidate_capture = True
+        cuda_mem.CudaGraph.capture(stream, lambda: True)
+    assert rt.graphs == {} and rt.last_error is None
+    with pytest.raises(ZeroDivisionError):  # the caller's own error passes through, cleaned up
+        cuda_mem.CudaGraph.capture(stream, lambda: 1 / 0)
+    assert rt.capturing == {} and rt.graphs == {}
+    box = []
+    graph = cuda_mem.CudaGraph.capture(stream, lambda: rt.launch(stream.handle,
+                                                                   lambda: box.append(1)))
+    assert rt.graphs == {}  # instantiated, the graph itself destroyed
+    graph.launch(stream)
+    stream.synchronize()
+    assert box == [1]
+    graph.free()
+    stream.free()
+    assert rt.execs == {}
+
+
+def test_device_info_says_whether_the_gpu_is_integrated(monkeypatch):
+    fake = FakeCudart(cc=(8, 7), name="Orin", integrated=True)
+    monkeypatch.setattr(cuda_mem, "cudart", lambda: fake)
+    assert cuda_mem.device_info() == cuda_mem.GpuInfo("Orin", "8.7", integrated=True)
+
+
+def test_device_memory_used_counts_allocations(rt):
+    before = cuda_mem.device_memory_used()
+    buf = DeviceBuffer()
+    buf.reserve(1 << 20)
+    assert cuda_mem.device_memory_used() - before == 1 << 20
+    buf.free()

@@ -8,7 +8,7 @@ calibrators: TensorRT 11 removed both, and on 10.x they conflict with strong typ
 
 TensorRT names used here must exist in TensorRT 10.3 and 11.4, or sit behind `trt_major()` guards;
 tests/engines/test_trt_api.py checks that against the real bindings' name lists. By convention the
-variables `builder`, `network`, `parser`, `config`, `profile`, `cache`, `error`, `tensor`,
+variables `builder`, `network`, `parser`, `config`, `profile`, `cache`, `error`, `tensor`, `layer`,
 `engine`, `runtime`, `inspector` always hold the TensorRT object of that name, so the test can check
 the methods called on them too.
 """
@@ -28,8 +28,9 @@ from toolkit.config import HardwareCompat
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import device_info
 from toolkit.runtime.trt_plan import (ProfileConfig, check_compatibility, check_plan_file,
-                                      import_tensorrt, profile_ranges, profile_shapes,
-                                      read_sidecar, trt_logger, trt_major, write_sidecar)
+                                      check_supported, host_platform, import_tensorrt,
+                                      profile_ranges, profile_shapes, read_sidecar, trt_logger,
+                                      trt_major, write_sidecar)
 
 __all__ = ["BuildConfig", "EngineBuildError", "HardwareCompat", "ProfileConfig", "build_engine",
            "check_compatibility", "inspect_engine", "layer_precisions"]
@@ -105,7 +106,28 @@ def _io(trt, tensor) -> dict:
             "shape": [int(d) for d in tensor.shape]}
 
 
-def _apply_hardware_compat(trt, config, level: HardwareCompat) -> None:
+def _check_dla_profile(cfg: BuildConfig, max_length: int) -> None:
+    """DLA runs fixed shapes only: "DLA does not support dynamic dimensions, so the profile's min,
+    max, and opt values must be equal" (TensorRT docs, DLA Supported Layers and Restrictions).
+    With a range and GPU fallback TensorRT would quietly build a GPU engine instead."""
+    if cfg.dla_core is None:
+        return
+    batch, seq = profile_ranges(cfg.profile, max_length)
+    if len(set(batch)) > 1 or len(set(seq)) > 1:
+        raise EngineBuildError(
+            f"--dla-core needs a static profile (DLA has no dynamic shapes), but batch is "
+            f"min/opt/max {'/'.join(map(str, batch))} and sequence {'/'.join(map(str, seq))}; "
+            f"fix both, e.g. --min-batch {batch[2]} --max-batch {batch[2]} --min-seq {seq[2]} "
+            f"--max-seq {seq[2]}")
+
+
+def _apply_hardware_compat(trt, config, level: HardwareCompat, gpu) -> None:
+    if level is not HardwareCompat.none and gpu.integrated:
+        # "hardware compatibility is ... not supported on NVIDIA DRIVE OS or JetPack" (TensorRT
+        # developer guide, Hardware Compatibility): a Jetson plan is for that Jetson.
+        raise EngineBuildError(f"--hardware-compat {level.value} is not supported on Jetson "
+                               f"({gpu.name} is an integrated GPU); build with --hardware-compat "
+                               f"none on the device that runs the plan")
     if level is HardwareCompat.ampere_plus:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     elif level is HardwareCompat.same_compute_capability:
@@ -116,9 +138,10 @@ def _apply_hardware_compat(trt, config, level: HardwareCompat) -> None:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY
 
 
-def _apply_dla(trt, builder, config, core: int) -> None:
+def _apply_dla(trt, builder, network, config, core: int) -> None:
     # DLA (Jetson AGX Orin) is supported here on TensorRT 10 only: JetPack 6 ships 10.3, and
-    # TensorRT 11.0-11.3 had no DLA at all (reference notes, section 7).
+    # TensorRT 11.0-11.3 had no DLA at all (docs.nvidia.com/deeplearning/tensorrt/11.3.0/api/
+    # migration/tensorrt-10x-to-11x-jetson.html).
     if trt_major() >= 11:
         raise EngineBuildError("--dla-core is supported with TensorRT 10 on Jetson (JetPack 6) "
                                "only; build without --dla-core on TensorRT 11")
@@ -132,6 +155,85 @@ def _apply_dla(trt, builder, config, core: int) -> None:
     config.DLA_core = core
     # DLA runs FP16/INT8 layers only; the rest must fall back to the GPU (inspect shows where).
     config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    able = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        able += bool(config.can_run_on_DLA(layer))
+    if able == 0:
+        raise EngineBuildError("--dla-core: no layer of this network can run on DLA (it runs "
+                               "FP16 and INT8 convolutions, pooling, activations...: TensorRT's "
+                               "DLA Supported Layers); export FP16 or INT8, or build without "
+                               "--dla-core")
+
+
+_DLA_MARK = re.compile(r"\bDLA\b|DlaLayer| (to|from) nvm\b", re.IGNORECASE)
+
+
+def dla_layer_names(info: dict) -> list[str]:
+    """Names of the layers the engine inspector's JSON places on DLA.
+
+    TensorRT does not document how the inspector names DLA work; what NVIDIA's own output shows is
+    a DLA subgraph as one "{ForeignNode[...]}" layer ("[DlaLayer]" in the build log, NVIDIA-AI-IOT/
+    jetson_dla_tutorial) with "<tensor> to nvm" / "<tensor> from nvm" copies into and out of DLA
+    memory around it (layer profile of an Orin DLA engine, NVIDIA/TensorRT issue 3143). A layer
+    counts when its type or name says DLA or it is such a copy. Unconfirmed on a Jetson so far.
+    """
+    names = []
+    for entry in info.get("Layers", []):
+        name = entry if isinstance(entry, str) else str(entry.get("Name", ""))
+        kind = "" if isinstance(entry, str) else str(entry.get("LayerType", ""))
+        if _DLA_MARK.search(kind) or _DLA_MARK.search(name):
+            names.append(name)
+    return names
+
+
+def _engine_layers(trt, runtime_engine) -> dict:
+    """The inspector's JSON of a deserialized (runtime, engine)."""
+    _, engine = runtime_engine
+    inspector = engine.create_engine_inspector()
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    del inspector
+    return info
+
+
+def _check_on_dla(trt, plan, build: dict, out: str) -> int:
+    """With GPU fallback TensorRT builds without complaint when nothing runs on DLA (TensorRT
+    docs, DLA GPU Fallback Mode: "layers that cannot run on DLA silently fall back to GPU ...
+    Verify DLA layer assignments in the engine inspector output"): refuse such a plan."""
+    from toolkit.runtime.trt_runner import deserialize
+
+    runtime_engine = deserialize(plan, build, out)
+    names = dla_layer_names(_engine_layers(trt, runtime_engine))
+    del runtime_engine  # engine before runtime
+    if not names:
+        raise EngineBuildError(f"--dla-core {build['dla_core']}: TensorRT placed no layer on DLA "
+                               f"(the inspector shows every layer on the GPU), so the plan would "
+                               f"be a GPU engine; export FP16 or INT8 with DLA-supported layers, "
+                               f"or build without --dla-core")
+    return len(names)
+
+
+def _set_profile(builder, config, shapes: dict) -> None:
+    """One optimization profile; TensorRT's refusals become build errors naming input and shapes.
+    set_shape raises on an inconsistency (RuntimeError in the binding's source, python/src/infer/
+    pyCore.cpp; ValueError in its docstring) and add_optimization_profile returns -1 for an
+    invalid profile (its docstring)."""
+    def shown(name):
+        s = shapes[name]
+        return f"{name!r} min {tuple(s['min'])} opt {tuple(s['opt'])} max {tuple(s['max'])}"
+
+    profile = builder.create_optimization_profile()
+    for name, s in shapes.items():
+        try:
+            profile.set_shape(name, s["min"], s["opt"], s["max"])
+        except (RuntimeError, ValueError) as e:
+            raise EngineBuildError(f"TensorRT refused the profile of input {shown(name)}: {e}; "
+                                   f"fix the --min/--opt/--max batch and sequence options, or "
+                                   f"re-export the model") from e
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineBuildError("TensorRT refused the optimization profile as invalid (" +
+                               "; ".join(shown(n) for n in shapes) + "); fix the --min/--opt/"
+                               "--max batch and sequence options")
 
 
 def build_engine(cfg: BuildConfig, log=print) -> Path:
@@ -139,10 +241,15 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
     _validate(cfg)
     meta = read_onnx_metadata(cfg.onnx)
     profile_ranges(cfg.profile, meta.max_length)  # a bad range fails here, before TensorRT
+    _check_dla_profile(cfg, meta.max_length)
     trt = import_tensorrt()
+    check_supported(trt.__version__)
     gpu = device_info()  # a clear error without a GPU, before TensorRT tries
 
     logger = trt_logger(cfg.verbose)
+    # Plugins registered before parsing, so a node the parser maps to a standard plugin finds it
+    # (Polygraphy's NetworkFromOnnxPath does the same).
+    trt.init_libnvinfer_plugins(logger, "")
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
@@ -161,17 +268,15 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
     if cfg.workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, cfg.workspace_mb << 20)
     config.builder_optimization_level = cfg.opt_level
-    # DETAILED keeps per-layer precision and tactics in the plan for the engine inspector.
+    # DETAILED keeps per-layer precision and tactics in the plan for the engine inspector (the
+    # runner lowers its contexts' NVTX verbosity again: TensorRTRunner._load).
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
-    profile = builder.create_optimization_profile()
-    for name, s in shapes.items():
-        profile.set_shape(name, s["min"], s["opt"], s["max"])
-    config.add_optimization_profile(profile)
+    _set_profile(builder, config, shapes)
     if cfg.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-    _apply_hardware_compat(trt, config, cfg.hardware_compat)
+    _apply_hardware_compat(trt, config, cfg.hardware_compat, gpu)
     if cfg.dla_core is not None:
-        _apply_dla(trt, builder, config, cfg.dla_core)
+        _apply_dla(trt, builder, network, config, cfg.dla_core)
 
     # Timing cache: reuse the measurements of earlier builds (NVIDIA's refactored sample
     # 1_run_onnx_with_tensorrt: create_timing_cache(bytes) + set_timing_cache(cache, ...)).
@@ -191,6 +296,14 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
         raise EngineBuildError(f"TensorRT {trt.__version__} could not build an engine from "
                                f"{cfg.onnx}; rerun with --trt-verbose to see TensorRT's log")
 
+    build = {"workspace_mb": cfg.workspace_mb, "opt_level": cfg.opt_level,
+             "version_compatible": cfg.version_compatible,
+             "hardware_compat": cfg.hardware_compat.value, "dla_core": cfg.dla_core,
+             "strongly_typed": True, "timing_cache": str(cache_path) if cache_path else None,
+             "timing_cache_reused": cache_reused}
+    if cfg.dla_core is not None:  # before anything is written: a GPU-only plan is refused
+        build["dla_layers"] = _check_on_dla(trt, plan, build, cfg.out)
+
     out = Path(cfg.out)
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
@@ -200,15 +313,11 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
             with open(tmp, "wb") as f:
                 f.write(cache.serialize())
 
-    build = {"workspace_mb": cfg.workspace_mb, "opt_level": cfg.opt_level,
-             "version_compatible": cfg.version_compatible,
-             "hardware_compat": cfg.hardware_compat.value, "dla_core": cfg.dla_core,
-             "strongly_typed": True, "timing_cache": str(cache_path) if cache_path else None,
-             "timing_cache_reused": cache_reused}
     write_sidecar(out, source_onnx=cfg.onnx, tensorrt_version=trt.__version__, gpu=gpu,
                   metadata=meta, build=build, profiles=[shapes],
                   inputs=[_io(trt, tensor) for tensor in inputs],
-                  outputs=[_io(trt, tensor) for tensor in outputs])
+                  outputs=[_io(trt, tensor) for tensor in outputs],
+                  build_platform=host_platform(gpu))
     return out
 
 
@@ -228,12 +337,12 @@ def layer_precisions(info: dict) -> list[dict]:
     names, and the precision is unknown.
     """
     rows = []
-    for layer in info.get("Layers", []):
-        if isinstance(layer, str):
-            rows.append({"name": layer, "type": "?", "precision": "?"})
+    for entry in info.get("Layers", []):
+        if isinstance(entry, str):
+            rows.append({"name": entry, "type": "?", "precision": "?"})
             continue
         types = []
-        for out in layer.get("Outputs", []):
+        for out in entry.get("Outputs", []):
             dtype = out.get("DataType") or out.get("Datatype")
             if dtype is None and "Format/Datatype" in out:
                 # e.g. "Row major linear FP32", "Channel major FP16 format where channel % 8 == 0"
@@ -241,7 +350,7 @@ def layer_precisions(info: dict) -> list[dict]:
                 dtype = found.group(0) if found else str(out["Format/Datatype"])
             if dtype and dtype not in types:
                 types.append(str(dtype))
-        rows.append({"name": layer.get("Name", "?"), "type": layer.get("LayerType", "?"),
+        rows.append({"name": entry.get("Name", "?"), "type": entry.get("LayerType", "?"),
                      "precision": ",".join(types) or "?"})
     return rows
 
@@ -264,10 +373,9 @@ def inspect_engine(path: str | os.PathLike) -> dict:
 
     from toolkit.runtime.trt_runner import load_engine
 
-    runtime, engine = load_engine(path, sidecar)
-    inspector = engine.create_engine_inspector()
-    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    del inspector, engine, runtime  # child objects first, the order TensorRT frees them in
+    runtime_engine = load_engine(path, sidecar)
+    info = _engine_layers(trt, runtime_engine)
+    del runtime_engine  # the inspector went first, then engine and runtime, TensorRT's order
     return {"sidecar": sidecar, "layers": layer_precisions(info), "note": None}
 
 

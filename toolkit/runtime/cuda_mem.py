@@ -19,9 +19,12 @@ import numpy as np
 
 from toolkit.errors import ToolkitError
 
-INSTALL_HINT = ("pip install 'dualmodal-toolkit[tensorrt]' (TensorRT with cuda-python), or "
-                "pip install tensorrt-cu12 / tensorrt-cu13 cuda-python for your CUDA major; on "
-                "Jetson, TensorRT comes with JetPack")
+# One extra per CUDA major (pyproject.toml): pip's `tensorrt` meta-package follows the newest
+# TensorRT, whose wheels need CUDA 13, which a CUDA 12 driver cannot load.
+INSTALL_HINT = ("pip install 'dualmodal-toolkit[tensorrt-cu12]' (CUDA 12 driver: TensorRT 10, "
+                "cuda-python 12) or 'dualmodal-toolkit[tensorrt-cu13]' (CUDA 13 driver: TensorRT "
+                "11, cuda-python 13), the one nvidia-smi's CUDA version names; on Jetson, TensorRT "
+                "comes with JetPack (add only cuda-python: the gpu-cu12 extra on JetPack 6)")
 GPU_HINT = "an NVIDIA GPU and its driver are needed (check with nvidia-smi)"
 
 # Allocations are rounded up to this many bytes: a multiple of 256 keeps every buffer aligned the
@@ -88,7 +91,7 @@ def _check(result, call: str):
     err, *rest = result if isinstance(result, tuple) else (result,)
     if err != rt.cudaError_t.cudaSuccess:
         _, name = rt.cudaGetErrorName(err)
-        name = name.decode() if isinstance(name, bytes) else str(err)
+        name = _decode(name, err)
         if err in (rt.cudaError_t.cudaErrorNoDevice, rt.cudaError_t.cudaErrorInsufficientDriver):
             raise CudaUnavailable(f"{call} failed with {name}: no usable NVIDIA GPU; {GPU_HINT}")
         raise CudaError(f"{call} failed with {name}")
@@ -101,22 +104,34 @@ def _check(result, call: str):
 class GpuInfo:
     name: str
     compute_capability: str  # "major.minor", e.g. "9.0" (H100/H200), "8.7" (Orin)
+    integrated: bool = False  # shares memory with the CPU (Jetson), cudaDeviceProp.integrated
 
 
 def device_info(device: int = 0) -> GpuInfo:
-    """Name and compute capability of a GPU; CudaUnavailable when there is none."""
+    """Name, compute capability and kind of a GPU; CudaUnavailable when there is none."""
     rt = cudart()
     count = _check(rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
     if count <= device:
         raise CudaUnavailable(f"no NVIDIA GPU number {device} (found {count}); {GPU_HINT}")
     props = _check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = props.name.split(b"\0", 1)[0].decode() if isinstance(props.name, bytes) else props.name
-    return GpuInfo(name=name, compute_capability=f"{props.major}.{props.minor}")
+    return GpuInfo(name=name, compute_capability=f"{props.major}.{props.minor}",
+                   integrated=bool(props.integrated))
 
 
 def use_device(device: int) -> None:
-    """Make `device` current for this thread: later allocations and streams land on it."""
+    """Make `device` current for the calling host thread: later allocations, streams and launches
+    from this thread land on it. Per thread (CUDA Runtime API, cudaSetDevice: "Sets device as the
+    current device for the calling host thread"), so every thread that uses a buffer or stream
+    must call it; a new thread starts on device 0."""
     _check(cudart().cudaSetDevice(device), "cudaSetDevice")
+
+
+def device_memory_used(device: int = 0) -> int:
+    """Bytes of `device`'s memory in use by every process (cudaMemGetInfo: total - free)."""
+    use_device(device)
+    free, total = _check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+    return int(total) - int(free)
 
 
 class Stream:
@@ -204,17 +219,30 @@ class CudaGraph:
 
     @classmethod
     def capture(cls, stream: Stream, enqueue) -> "CudaGraph":
-        """Record what `enqueue()` puts on `stream` (nothing runs) and instantiate it."""
+        """Record what `enqueue()` puts on `stream` (nothing runs) and instantiate it.
+
+        `enqueue` returns False (or raises) when it cannot be captured. As trtexec does
+        (samples/common/sampleInference.cpp, createEnqueueFunction; sampleDevice.h,
+        TrtCudaGraph::endCaptureOnError), the caller runs the work once and synchronizes the stream
+        before capturing; on a failure the capture is still ended, any graph it returns is
+        destroyed, and the CUDA error is cleared with cudaGetLastError, so the stream stays usable
+        for plain launches. Then a CudaError says why.
+        """
         rt = cudart()
         _check(rt.cudaStreamBeginCapture(
             stream._stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
             "cudaStreamBeginCapture")
         try:
-            enqueue()
+            ok = enqueue() is not False
         except BaseException:
-            rt.cudaStreamEndCapture(stream._stream)  # leave the stream usable; report the cause
+            _end_failed_capture(rt, stream._stream)  # leave the stream usable; report the cause
             raise
-        graph = _check(rt.cudaStreamEndCapture(stream._stream), "cudaStreamEndCapture")
+        err, graph = rt.cudaStreamEndCapture(stream._stream)
+        if not ok or err != rt.cudaError_t.cudaSuccess:
+            _end_failed_capture(rt, None, graph)
+            why = (f"cudaStreamEndCapture failed with {_decode(rt.cudaGetErrorName(err)[1], err)}"
+                   if ok else "the work cannot be captured (its enqueue returned false)")
+            raise CudaError(f"CUDA graph capture failed: {why}")
         try:
             return cls(_check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate"))
         finally:
@@ -227,6 +255,20 @@ class CudaGraph:
         if self._exec is not None:
             _check(cudart().cudaGraphExecDestroy(self._exec), "cudaGraphExecDestroy")
             self._exec = None
+
+
+def _decode(name, err) -> str:
+    return name.decode() if isinstance(name, bytes) else str(err)
+
+
+def _end_failed_capture(rt, stream, graph=None) -> None:
+    """End a capture that failed (when `stream` is given), destroy the graph it returned, if any
+    (None or a null handle when the capture was invalidated), and clear the CUDA error."""
+    if stream is not None:
+        _, graph = rt.cudaStreamEndCapture(stream)
+    if graph is not None and int(graph) != 0:
+        rt.cudaGraphDestroy(graph)
+    rt.cudaGetLastError()
 
 
 def copy_to_device(dst: DeviceBuffer, src: PinnedBuffer, size: int, stream: Stream) -> None:

@@ -2,10 +2,11 @@
 
 A plan (engines/model.plan) is opaque bytes tied to one TensorRT version and one GPU. Its JSON
 sidecar (engines/model.plan.json) says what it is: the model record every artifact carries
-(`ArtifactMetadata`, under "model"), the TensorRT version, GPU name and compute capability it was
-built on, its optimization profiles, its I/O tensors, the source ONNX's SHA-256, the plan's own size
-and SHA-256. Everything here is pure Python so that the compatibility decision, the profile checks
-and a plan's integrity are settled (and tested) before TensorRT is ever asked to deserialize.
+(`ArtifactMetadata`, under "model"), the TensorRT version, the GPU name and compute capability and
+the platform (machine, OS, integrated GPU or not) it was built on, its optimization profiles, its
+I/O tensors, the source ONNX's SHA-256, the plan's own size and SHA-256. Everything here is pure
+Python so that the compatibility decision, the profile checks and a plan's integrity are settled
+(and tested) before TensorRT is ever asked to deserialize.
 
 This module is the one place that imports `tensorrt` (`import_tensorrt`), lazily; the builder
 (toolkit/engines/tensorrt.py) and the runner (toolkit/runtime/trt_runner.py) both go through it.
@@ -13,8 +14,10 @@ This module is the one place that imports `tensorrt` (`import_tensorrt`), lazily
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import GPU_HINT, INSTALL_HINT, GpuInfo
 
 SIDECAR_FORMAT = "toolkit.tensorrt-plan"
-SIDECAR_VERSION = 1
+SIDECAR_VERSION = 2  # 2: the build platform ("platform") is recorded and checked
 SUPPORTED_MAJORS = (10, 11)  # 10.3 is JetPack 6's; 11.x needs JetPack 7 on Jetson
 
 
@@ -61,6 +64,16 @@ def version_tuple(version: str) -> tuple[int, ...]:
         raise PlanError(f"cannot read the TensorRT version {version!r}") from None
 
 
+def check_supported(version: str, what: str = "this TensorRT") -> None:
+    """Refuse a TensorRT major the toolkit is not written for (names are checked against 10.3 and
+    11.4 only: tests/engines/test_trt_api.py)."""
+    major = version_tuple(version)[0]
+    if major not in SUPPORTED_MAJORS:
+        raise PlanError(f"{what} is TensorRT {version}; the toolkit supports TensorRT "
+                        f"{' and '.join(map(str, SUPPORTED_MAJORS))} only: install one of those "
+                        f"({INSTALL_HINT})")
+
+
 def trt_major() -> int:
     """The running TensorRT's major version. The API-conformance test (tests/engines/
     test_trt_api.py) reads `if trt_major() >= 11:` guards: a name present in only one supported
@@ -75,9 +88,10 @@ def trt_logger(verbose: bool = False):
     """The shared TensorRT logger (TensorRT warns when builders and runtimes get different ones),
     at WARNING, or VERBOSE for --trt-verbose."""
     trt = import_tensorrt()
-    logger = _LOGGERS.get(id(trt))
-    if logger is None:
-        logger = _LOGGERS[id(trt)] = trt.Logger(trt.Logger.WARNING)
+    module, logger = _LOGGERS.get(id(trt), (None, None))
+    if module is not trt:  # (an id is reused once its module is gone)
+        logger = trt.Logger(trt.Logger.WARNING)
+        _LOGGERS[id(trt)] = (trt, logger)
     logger.min_severity = trt.Logger.VERBOSE if verbose else trt.Logger.WARNING
     return logger
 
@@ -165,6 +179,22 @@ def check_shapes(profile: dict[str, dict[str, list[int]]], shapes: dict[str, tup
                     f"batch, or rebuild with a wider range (toolkit build --max-batch/--max-seq)")
 
 
+# ------------------------------------------------------------------ the platform
+
+
+def host_platform(gpu: GpuInfo) -> dict:
+    """What a plan is tied to besides TensorRT and the GPU's compute capability: "Serialized
+    engines are not portable across platforms" (TensorRT support matrix, Engine Portability). An
+    integrated GPU (Jetson) is told apart from a discrete one of the same compute capability."""
+    return {"machine": platform.machine(), "system": platform.system(),
+            "integrated_gpu": bool(gpu.integrated)}
+
+
+def describe_platform(p: dict) -> str:
+    kind = "integrated (Jetson)" if p.get("integrated_gpu") else "discrete"
+    return f"{p.get('system')} {p.get('machine')} with a {kind} GPU"
+
+
 # ------------------------------------------------------------------ the sidecar
 
 
@@ -175,8 +205,10 @@ def sidecar_path(plan: str | os.PathLike) -> Path:
 
 def write_sidecar(plan: str | os.PathLike, *, source_onnx: str | os.PathLike,
                   tensorrt_version: str, gpu: GpuInfo, metadata: ArtifactMetadata, build: dict,
-                  profiles: list[dict], inputs: list[dict], outputs: list[dict]) -> dict:
+                  profiles: list[dict], inputs: list[dict], outputs: list[dict],
+                  build_platform: dict | None = None) -> dict:
     """Describe a written plan in plan + ".json" (atomically); returns the record.
+    `build_platform`: where it was built (default: this machine, host_platform).
 
     Write it after the plan: a crash in between leaves a sidecar whose size and SHA-256 no longer
     match the plan, which check_plan_file refuses instead of running a wrong plan.
@@ -192,6 +224,7 @@ def write_sidecar(plan: str | os.PathLike, *, source_onnx: str | os.PathLike,
         "source_onnx_sha256": sha256(source_onnx),
         "tensorrt_version": str(tensorrt_version),
         "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+        "platform": dict(build_platform or host_platform(gpu)),
         "precision": metadata.precision,  # from the graph; TensorRT adds none of its own
         "build": dict(build),
         "profiles": list(profiles),
@@ -218,26 +251,36 @@ def read_sidecar(plan: str | os.PathLike) -> dict:
     if data.get("sidecar_version") != SIDECAR_VERSION:
         raise PlanError(f"{path} has sidecar version {data.get('sidecar_version')}, this toolkit "
                         f"reads {SIDECAR_VERSION}; rebuild with toolkit build")
-    missing = [k for k in ("tensorrt_version", "gpu", "profiles", "inputs", "outputs", "plan_bytes",
-                           "plan_sha256", "model") if k not in data]
+    missing = [k for k in ("tensorrt_version", "gpu", "platform", "profiles", "inputs", "outputs",
+                           "plan_bytes", "plan_sha256", "model") if k not in data]
     if missing:
         raise PlanError(f"{path} lacks {missing}; rebuild with toolkit build")
     return data
 
 
-def check_plan_file(plan: str | os.PathLike, sidecar: dict, hash_check: bool = True) -> None:
-    """The plan exists and is the very file the sidecar describes (size, then SHA-256): a
-    truncated or foreign file is refused before TensorRT deserializes it."""
+def read_plan(plan: str | os.PathLike, sidecar: dict) -> bytes:
+    """The plan's bytes, read once and checked against the sidecar (size, then SHA-256) before
+    TensorRT sees them: a truncated, damaged or foreign file is refused, and the bytes checked are
+    the very bytes deserialized (no window for the file to change in between)."""
     plan = Path(plan)
     if not plan.is_file():
         raise PlanError(f"{plan} does not exist; build it with toolkit build")
-    size = plan.stat().st_size
-    if size != sidecar["plan_bytes"]:
-        raise PlanError(f"{plan} has {size} bytes but its sidecar says {sidecar['plan_bytes']}: "
-                        f"the plan is truncated or was replaced; rebuild with toolkit build")
-    if hash_check and sha256(plan) != sidecar["plan_sha256"]:
-        raise PlanError(f"{plan} does not match its sidecar's SHA-256 (another or damaged "
-                        f"plan); rebuild with toolkit build")
+    data = plan.read_bytes()
+    if len(data) != sidecar["plan_bytes"]:
+        raise PlanError(f"{plan} has {len(data)} bytes but its sidecar says "
+                        f"{sidecar['plan_bytes']}: the plan is truncated or was replaced; rebuild "
+                        f"with toolkit build")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != sidecar["plan_sha256"]:
+        raise PlanError(f"{plan} does not match its sidecar's SHA-256 (the plan's is "
+                        f"{digest[:12]}, the sidecar records {str(sidecar['plan_sha256'])[:12]}): "
+                        f"another or damaged plan; rebuild it and its sidecar with toolkit build")
+    return data
+
+
+def check_plan_file(plan: str | os.PathLike, sidecar: dict) -> None:
+    """The plan exists and is the very file the sidecar describes (read_plan, bytes dropped)."""
+    read_plan(plan, sidecar)
 
 
 # ------------------------------------------------------------------ compatibility
@@ -248,31 +291,51 @@ def _compute_capability(cc: str) -> tuple[int, int]:
     return int(major), int(minor or 0)
 
 
-def check_compatibility(sidecar: dict, running_trt_version: str, gpu: GpuInfo) -> PlanError | None:
-    """Can this TensorRT version on this GPU run the plan the sidecar describes?
+def check_compatibility(sidecar: dict, running_trt_version: str, gpu: GpuInfo,
+                        here: dict | None = None) -> PlanError | None:
+    """Can this TensorRT version on this GPU and platform run the plan the sidecar describes?
 
     None when it can, else the error to raise (not raised here, so callers and tests can look at
-    it). Rules (docs.nvidia.com/deeplearning/tensorrt/11.1.0/inference-library/
-    engine-compatibility.html): a plan runs only on the TensorRT version that built it, unless
-    built version-compatible, which runs on that or a later release of the same major, and
-    TensorRT 10 ones also on 11. Without a hardware-compatibility level the GPU must have the
-    compute capability it was built on; AMPERE_PLUS runs on compute capability 8.0 and later.
+    it). `here`: this machine's host_platform(gpu) (the default). Rules:
+    * Both TensorRT majors must be ones the toolkit supports (SUPPORTED_MAJORS).
+    * A plan runs only on the TensorRT version that built it, all four parts of it: TensorRT
+      compares major, minor, patch and build when it deserializes ("expecting library version
+      8.5.1.7 got 8.5.3.1"; TensorRT for DRIVE OS release properties: "version numbers must match
+      (in major, minor, patch, and build)"). Built version-compatible it also runs on a later
+      release of the same major, and a TensorRT 10 one on 11 (docs.nvidia.com/deeplearning/
+      tensorrt/11.4.1/getting-started/support-matrix.html, Engine Portability).
+    * Plans are not portable across platforms (same page): machine, OS and integrated-or-discrete
+      GPU must match.
+    * Without a hardware-compatibility level the GPU must have the compute capability it was
+      built on; AMPERE_PLUS runs on compute capability 8.0 and later.
     """
+    rebuild = "rebuild the engine on this machine with toolkit build"
+    for version, what in ((sidecar["tensorrt_version"], "the engine's TensorRT"),
+                          (running_trt_version, "this TensorRT")):
+        try:
+            check_supported(version, what)
+        except PlanError as e:
+            return e
     built = version_tuple(sidecar["tensorrt_version"])
     running = version_tuple(running_trt_version)
     build = sidecar.get("build", {})
-    rebuild = "rebuild the engine on this machine with toolkit build"
     if build.get("version_compatible"):
-        ok = built[:3] <= running[:3] and (running[0] == built[0] or (built[0], running[0]) in
-                                           ((10, 11), (8, 10)))
+        ok = built[:3] <= running[:3] and (running[0] == built[0] or (built[0], running[0]) ==
+                                           (10, 11))
         if not ok:
             return PlanError(f"the engine was built version-compatible with TensorRT "
                              f"{sidecar['tensorrt_version']}, which TensorRT {running_trt_version} "
                              f"cannot run (same major and newer, or 10 -> 11, only); {rebuild}")
-    elif built[:3] != running[:3]:
+    elif built != running:
         return PlanError(f"the engine was built with TensorRT {sidecar['tensorrt_version']} and "
                          f"this is TensorRT {running_trt_version}; an engine runs only on the "
-                         f"TensorRT version that built it: {rebuild}")
+                         f"TensorRT version (major.minor.patch.build) that built it: {rebuild}")
+    here = host_platform(gpu) if here is None else here
+    there = sidecar.get("platform", {})
+    if any(there.get(k) != here.get(k) for k in ("machine", "system", "integrated_gpu")):
+        return PlanError(f"the engine was built on {describe_platform(there)}; this is "
+                         f"{describe_platform(here)}, and engines are not portable across "
+                         f"platforms: {rebuild}")
     want = _compute_capability(sidecar["gpu"]["compute_capability"])
     have = _compute_capability(gpu.compute_capability)
     level = build.get("hardware_compat", "none")

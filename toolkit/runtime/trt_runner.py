@@ -1,13 +1,15 @@
 """The TensorRT backend: a .plan run through the one Runner interface (dict in, dict out).
 
 Activation checks, in order, everything that can be known before TensorRT touches the plan: the
-sidecar is there and well formed, the plan file is the one it describes (size, SHA-256: a truncated
-or foreign file is refused), TensorRT and a GPU are present, and the plan was built for this
-TensorRT version and GPU. Only then is it deserialized. Each call checks the input shapes against
-the sidecar's profile (a clear error, not TensorRT's), sets them, points every I/O tensor at a
-device buffer (reused across calls, grown when shapes grow), copies through pinned host buffers and
-runs `execute_async_v3` on a non-default CUDA stream, as NVIDIA's samples/python/
-common_runtime.py does. Token inputs stay int64 (TensorRT keeps ONNX INT64 inputs as INT64).
+sidecar is there and well formed, the plan's bytes are the ones it describes (size, SHA-256: a
+truncated or foreign file is refused; the bytes checked are the bytes deserialized), TensorRT and a
+GPU are present, and the plan was built for this TensorRT version, GPU and platform. Only then is
+it deserialized (standard plugins registered first; a DLA plan on its DLA core). Each call sets
+the calling thread's device, checks the input shapes against the sidecar's profile (a clear error,
+not TensorRT's), sets them, points every I/O tensor at a device buffer (reused across calls, grown
+when shapes grow), copies through pinned host buffers and runs `execute_async_v3` on a non-default
+CUDA stream, as NVIDIA's samples/python/common_runtime.py does. Token inputs stay int64 (TensorRT
+keeps ONNX INT64 inputs as INT64).
 
 As in toolkit/engines/tensorrt.py, `engine`, `context` and `runtime` always hold the TensorRT
 object of that name (plain or as `self.`), so tests/engines/test_trt_api.py can check the calls.
@@ -24,26 +26,50 @@ import numpy as np
 from toolkit.runtime import cuda_mem
 from toolkit.runtime.base import Runner, RunnerError, TensorSpec
 from toolkit.runtime.trt_plan import (PlanError, ShapeOutsideProfile, check_compatibility,
-                                      check_plan_file, check_shapes, import_tensorrt,
-                                      read_sidecar, trt_logger)
+                                      check_shapes, import_tensorrt, read_plan, read_sidecar,
+                                      trt_logger)
 
 
-def load_engine(plan: str | os.PathLike, sidecar: dict):
-    """Deserialize a plan already checked against its sidecar and this machine.
-
-    Returns (runtime, engine): keep the runtime alive as long as the engine (TensorRT requires
+def deserialize(data: bytes, build: dict, what: str):
+    """(runtime, engine) from plan bytes already checked against their sidecar; `build` is the
+    sidecar's build record. Keep the runtime alive as long as the engine (TensorRT requires
     engines to be destroyed before the runtime that made them)."""
     trt = import_tensorrt()
-    runtime = trt.Runtime(trt_logger())
-    if sidecar.get("build", {}).get("version_compatible"):
+    logger = trt_logger()
+    # The standard plugins must be registered before a plan that uses one is deserialized
+    # (Polygraphy's EngineFromBytes/EngineFromPath call this first, every time).
+    trt.init_libnvinfer_plugins(logger, "")
+    runtime = trt.Runtime(logger)
+    if build.get("version_compatible"):
         # A version-compatible plan embeds the lean runtime, host code TensorRT runs only when
         # allowed (docs: engine-compatibility.html, "Version Compatibility").
         runtime.engine_host_code_allowed = True
-    engine = runtime.deserialize_cuda_engine(Path(plan).read_bytes())
+    core = build.get("dla_core")
+    if core is not None:
+        # The runtime must know the DLA core before deserializing a DLA plan, as trtexec's
+        # loader does (samples/common/sampleEngines.cpp: setDLACore before deserializeCudaEngine).
+        if core >= runtime.num_DLA_cores:
+            raise PlanError(f"{what} was built for DLA core {core}; this device has "
+                            f"{runtime.num_DLA_cores} DLA cores: run it on the Jetson it was "
+                            f"built for, or rebuild without --dla-core")
+        runtime.DLA_core = core
+    engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
-        raise PlanError(f"TensorRT {trt.__version__} could not deserialize {plan} although its "
-                        f"sidecar matches; rebuild it with toolkit build")
+        # deserialize_cuda_engine returns None rather than raising; TensorRT's own log (above,
+        # on stderr) has its reason.
+        raise PlanError(f"TensorRT {trt.__version__} could not deserialize {what} although its "
+                        f"sidecar matches (deserialize_cuda_engine returned None; TensorRT's log "
+                        f"above says why: usually a plan from another TensorRT build or device, "
+                        f"a missing plugin, or too little GPU memory); rebuild it on this machine "
+                        f"with toolkit build")
     return runtime, engine
+
+
+def load_engine(plan: str | os.PathLike, sidecar: dict):
+    """Read a plan, check its bytes against the sidecar's size and SHA-256 (before TensorRT
+    sees them) and deserialize those same bytes: (runtime, engine)."""
+    data = read_plan(plan, sidecar)
+    return deserialize(data, sidecar.get("build", {}), str(plan))
 
 
 class TensorRTRunner(Runner):
@@ -77,18 +103,23 @@ class TensorRTRunner(Runner):
 
     def _load(self) -> None:
         self.sidecar = read_sidecar(self.plan)
-        check_plan_file(self.plan, self.sidecar)
+        data = read_plan(self.plan, self.sidecar)  # size and SHA-256, before TensorRT
         trt = import_tensorrt()
         gpu = cuda_mem.device_info(self.device)
         cuda_mem.use_device(self.device)
         mismatch = check_compatibility(self.sidecar, trt.__version__, gpu)
         if mismatch is not None:
             raise mismatch
-        self.runtime, self.engine = load_engine(self.plan, self.sidecar)
+        self.runtime, self.engine = deserialize(data, self.sidecar.get("build", {}),
+                                                str(self.plan))
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise PlanError(f"TensorRT could not create an execution context for {self.plan} "
                             f"(out of GPU memory?)")
+        # The plan is built with DETAILED profiling verbosity for the inspector, and a context
+        # defaults to it, which "will generally increase latency in enqueueV3()"
+        # (IExecutionContext.nvtx_verbosity, TensorRT's Python API docs): names only at run time.
+        self.context.nvtx_verbosity = trt.ProfilingVerbosity.LAYER_NAMES_ONLY
         self.stream = cuda_mem.Stream()
         self._specs, self._outputs = {}, {}
         for i in range(self.engine.num_io_tensors):
@@ -131,6 +162,7 @@ class TensorRTRunner(Runner):
 
     def _deactivate(self) -> None:
         if self.stream is not None:
+            cuda_mem.use_device(self.device)  # the closing thread may not be the opening one
             self.stream.synchronize()
         if self._graph is not None:
             self._graph.free()
@@ -149,6 +181,11 @@ class TensorRTRunner(Runner):
         if not self.context.execute_async_v3(self.stream.handle):
             raise RunnerError(f"TensorRT failed to enqueue {self.plan}; see TensorRT's log above")
 
+    def _enqueue_captured(self) -> bool:
+        # While capturing, a false return is a capture failure, not a run failure: CudaGraph
+        # ends the capture and clears the error (trtexec's order, see CudaGraph.capture).
+        return self.context.execute_async_v3(self.stream.handle)
+
     def _launch_graph(self, shapes: tuple) -> None:
         # A graph replays fixed kernels on fixed addresses: reuse it only for the same shapes
         # and buffers, else launch normally once (TensorRT updates its shape-dependent state
@@ -162,11 +199,15 @@ class TensorRTRunner(Runner):
             self._graph.free()
             self._graph, self._graph_key = None, None
         self._enqueue()
+        # This call's results come from the launch above; capture only after it has finished,
+        # so that no initialization work of TensorRT's first launch is recorded (trtexec:
+        # sampleInference.cpp, "Avoid capturing initialization calls ...", then synchronize).
+        self.stream.synchronize()
         try:
-            self._graph = cuda_mem.CudaGraph.capture(self.stream, self._enqueue)
+            self._graph = cuda_mem.CudaGraph.capture(self.stream, self._enqueue_captured)
             self._graph_key = key
-        except (cuda_mem.CudaError, RunnerError) as e:
-            warnings.warn(f"{self.plan}: CUDA graph capture failed ({e}); running without")
+        except cuda_mem.CudaError as e:
+            warnings.warn(f"{self.plan}: {e}; running without CUDA graphs")
             self.cuda_graph = False
 
     def input_specs(self) -> dict[str, TensorSpec]:
@@ -174,6 +215,9 @@ class TensorRTRunner(Runner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_shapes(self.shape_profile, {n: x.shape for n, x in feed.items()})
+        # The current device is per host thread and a server calls from threads of its own: set
+        # it on every call, before any copy or launch (cuda_mem.use_device).
+        cuda_mem.use_device(self.device)
         for tensor_name, x in feed.items():
             self._set_shape(tensor_name, x.shape)
             host, dev = self._host_buffers[tensor_name], self._device_buffers[tensor_name]
