@@ -135,8 +135,22 @@ def test_convnet_refuses_torchvision_weights(tmp_path):
 
     with pytest.raises(VisionError, match="no torchvision weights"):
         VisionTower(VisionConfig(backbone="convnet", stages=3, weights=str(tmp_path / "w.pth")), 64)
-    with pytest.raises(VisionError, match="multiscale applies to ResNet backbones only"):
-        VisionTower(VisionConfig(backbone="convnet", stages=3, multiscale=True), 64)
+
+
+@torch.no_grad()
+def test_multiscale_convnet_stacks_every_layer_pooled_to_the_last_grid():
+    from toolkit.model.vision import VisionTower
+
+    torch.manual_seed(0)
+    plain = VisionTower(VisionConfig(backbone="convnet", stages=3, width=8), 64)
+    torch.manual_seed(0)
+    multi = VisionTower(VisionConfig(backbone="convnet", stages=3, width=8, multiscale=True), 64)
+    x = torch.randn(2, 3, 64, 64)
+    out = multi(x)
+    assert multi.out_channels == 24 and out.shape == (2, 24, 8, 8)
+    torch.testing.assert_close(out[:, 16:], plain(x))  # the last layer's own map, then...
+    first = multi.body[0](x)  # (2, 8, 32, 32): ...the first layer's, averaged over each cell
+    torch.testing.assert_close(out[:, :8], first.reshape(2, 8, 8, 4, 8, 4).mean((3, 5)))
 
 
 @torch.no_grad()

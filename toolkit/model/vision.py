@@ -59,12 +59,9 @@ class VisionTower(nn.Module):
             if cfg.weights:
                 raise VisionError("the convnet backbone has no torchvision weights to load; drop "
                                   "--vision-weights or choose a torchvision backbone")
-            if cfg.multiscale:
-                raise VisionError("multiscale applies to ResNet backbones only; the convnet's "
-                                  "cells are already shallow: drop multiscale")
             self.kind = "convnet"
-            self.out_channels = cfg.width or 24
-            self.body = conv_stack(cfg.stages, self.out_channels)
+            self.body = ConvStack(cfg.stages, cfg.width or 24, cfg.multiscale)
+            self.out_channels = self.body.out_channels
             return
         kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
         try:
@@ -104,15 +101,31 @@ class VisionTower(nn.Module):
         return x.transpose(1, 2).reshape(x.shape[0], -1, side, side)
 
 
-def conv_stack(layers: int, width: int) -> nn.Sequential:
+class ConvStack(nn.Sequential):
     """`layers` 3x3 convolutions of stride 2, each with BatchNorm and ReLU (torchvision's
     Conv2dNormActivation): the plain CNN of the Sort-of-CLEVR paper. Every cell of its map is a
-    shallow function of a small patch, so an object's colour stays nearly linear in its cell."""
-    from torchvision.ops import Conv2dNormActivation
+    shallow function of a small patch. With `multiscale`, each earlier layer's map, average-pooled
+    to the last one's grid, is stacked as extra channels: the first layer is almost a per-pixel
+    function of colour, so the cells offer colour features that later layers have mixed with shape."""
 
-    chans = [3] + [width] * layers
-    return nn.Sequential(*(Conv2dNormActivation(a, b, kernel_size=3, stride=2)
+    def __init__(self, layers: int, width: int, multiscale: bool = False):
+        from torchvision.ops import Conv2dNormActivation
+
+        chans = [3] + [width] * layers
+        super().__init__(*(Conv2dNormActivation(a, b, kernel_size=3, stride=2)
                            for a, b in zip(chans, chans[1:])))
+        self.multiscale = multiscale
+        self.out_channels = width * (layers if multiscale else 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = []
+        for layer in self:
+            x = layer(x)
+            feats.append(x)
+        if not self.multiscale:
+            return x  # (B, W, H/2^k, W/2^k)
+        h, w = x.shape[-2:]
+        return torch.cat([nn.functional.adaptive_avg_pool2d(f, (h, w)) for f in feats], dim=1)
 
 
 def narrow_resnet(m: nn.Module, width: int) -> nn.Module:
