@@ -15,19 +15,44 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from toolkit.errors import ToolkitError
+
+
+class OutputPathError(ToolkitError):
+    """An output path cannot be written: it is a folder, its folder cannot be made, or the OS
+    refused the write (read-only, no space); the message names the path and the reason."""
+
+
+def _os_reason(e: OSError) -> str:
+    return e.strerror or type(e).__name__
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it over `path`, else delete it."""
+    """Yield a temporary path next to `path`; on success rename it over `path`, else delete it.
+
+    OS errors of the folder, the temporary file or the rename become one OutputPathError, and
+    nothing is left at `path` or beside it.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise OutputPathError(f"output {path} is a folder; pass a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a parent that is a file, a read-only place, ...
+        raise OutputPathError(f"cannot create the folder of {path} ({_os_reason(e)}); pass an "
+                              "output path in a writable folder") from e
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as e:
+        raise OutputPathError(f"cannot write {path} ({_os_reason(e)}); pass an output path in a "
+                              "writable folder with free space") from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            if tmp.exists():
+                tmp.unlink()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

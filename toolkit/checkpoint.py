@@ -45,9 +45,27 @@ class Checkpoint:
     weights: Path
 
 
+def check_run_dir(out: str | Path, create: bool = True) -> Path:
+    """A run directory that exists or can be made (made, with `create`): a CheckpointError where
+    a file sits at `out` or at one of its parents, or the OS refuses the folder."""
+    out = Path(out)
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise CheckpointError(f"run directory {out}: {p} is a file, not a folder; pass "
+                                  "another --out or remove the file")
+    if not create:
+        return out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot create the run directory {out} ({e.strerror}); pass an "
+                              "--out in a writable folder") from e
+    return out
+
+
 def write_run_files(out: Path, cfg: ModelConfig, train: dict[str, Any], tokenizer: Tokenizer,
                     labels: list[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_dir(out)
     write_json(out / "config.json", {"format_version": FORMAT_VERSION, "toolkit_version": __version__,
                                      "model": to_dict(cfg), "train": train})
     with atomic_path(out / "vocab.txt") as tmp:
@@ -68,22 +86,65 @@ def read_config(run: Path) -> ModelConfig:
     cfg_path = run / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{run} has no config.json; it is not a toolkit run directory")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{cfg_path} is not valid JSON ({e.msg}); the run is damaged") from e
+    meta = _read_json(cfg_path)
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{cfg_path} holds a JSON {type(meta).__name__}, not an object; "
+                              "the run is damaged")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{run} has checkpoint format {version} (toolkit "
                               f"{meta.get('toolkit_version', '?')}); this toolkit "
                               f"({__version__}) reads format {FORMAT_VERSION}: retrain, or use the "
                               "toolkit version that wrote it")
-    return from_dict(ModelConfig, meta["model"])
+    if not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{cfg_path} has no model config object; the run is damaged")
+    try:
+        return from_dict(ModelConfig, meta["model"])
+    except ToolkitError as e:
+        raise CheckpointError(f"{cfg_path}: {e}; the run is damaged or from another toolkit") from e
+    except (TypeError, ValueError, KeyError) as e:  # a field of the wrong type or value
+        raise CheckpointError(f"{cfg_path} has an invalid model config ({e}); the run is "
+                              "damaged") from e
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); the run is damaged") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path} ({e.strerror})") from e
+
+
+def read_labels(run: Path, num_classes: int) -> list[str]:
+    """labels.json: a list of distinct class names, one per output of the model's head."""
+    path = run / "labels.json"
+    if not path.is_file():
+        raise CheckpointError(f"{run} has no labels.json (the class names); the run is damaged")
+    labels = _read_json(path)
+    if (not isinstance(labels, list) or not labels
+            or not all(isinstance(x, str) and x for x in labels)):
+        raise CheckpointError(f"{path} must be a JSON list of class names (strings); the run is "
+                              "damaged")
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"{path} repeats class names; the run is damaged")
+    if len(labels) != num_classes:
+        raise CheckpointError(f"{path} names {len(labels)} classes but the model's head has "
+                              f"{num_classes} outputs; labels.json and config.json disagree")
+    return labels
+
+
+WHICH = ("best", "last")
 
 
 def load_checkpoint(run: str | Path, which: str = "best", device: str = "cpu") -> Checkpoint:
-    """Rebuild the model from a run directory and load `best` or `last` weights, in eval mode."""
+    """Rebuild the model from a run directory and load `best` or `last` weights, in eval mode.
+
+    Every file is checked against the others: weights against config.json, labels.json against
+    the head, vocab.txt against the embedding; a mismatch is a CheckpointError, not a model."""
     run = Path(run)
+    if which not in WHICH:
+        raise CheckpointError(f"unknown weights {which!r}; use one of {list(WHICH)}")
     cfg = read_config(run)
     weights = run / f"{which}.safetensors"
     if not weights.is_file():
@@ -93,11 +154,37 @@ def load_checkpoint(run: str | Path, which: str = "best", device: str = "cpu") -
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{weights} is corrupt or truncated ({e}); use the other checkpoint "
                               "(best/last) or retrain with --resume") from e
-    model = DualModalNet(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        model = DualModalNet(cfg)
+    except ToolkitError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as e:  # sizes no module can be built with
+        raise CheckpointError(f"{run / 'config.json'} describes no buildable model ({e}); the "
+                              "run is damaged") from e
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # "size mismatch for ...": same names, other shapes
+        first = str(e).strip().splitlines()[1:2] or [str(e)[:200]]
+        raise CheckpointError(f"{weights} does not match its config.json ({first[0].strip()}); "
+                              "the config was edited or the weights come from another run") from e
     if missing or unexpected:
         raise CheckpointError(f"{weights} does not match its config.json (missing "
                               f"{missing[:3]}, unexpected {unexpected[:3]})")
     tokenizer = Tokenizer.from_file(run / "vocab.txt", cfg.text.max_length)
-    labels = json.loads((run / "labels.json").read_text())
+    rows = _embedding_rows(model)
+    # A trained vocabulary sized the embedding; a pretrained one may leave spare rows.
+    if rows is not None and (len(tokenizer.vocab) > rows or
+                             (cfg.text.model_dir is None and len(tokenizer.vocab) != rows)):
+        raise CheckpointError(f"{run / 'vocab.txt'} has {len(tokenizer.vocab)} tokens but the "
+                              f"model's embedding has {rows} rows; vocab.txt does not belong to "
+                              "these weights")
+    labels = read_labels(run, cfg.num_classes)
     return Checkpoint(model.to(device).eval(), cfg, tokenizer, labels, run, weights)
+
+
+def _embedding_rows(model: torch.nn.Module) -> int | None:
+    """Rows of the text tower's word embedding (the vocabulary size the weights were trained on)."""
+    for name, module in model.named_modules():
+        if name.endswith("word_embeddings") and isinstance(module, torch.nn.Embedding):
+            return module.num_embeddings
+    return None

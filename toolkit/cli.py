@@ -140,8 +140,10 @@ def train(
 ) -> None:
     """Train a model; best and last checkpoints land in OUT."""
     from toolkit import config as C
+    from toolkit.checkpoint import check_run_dir
     from toolkit.train import train as run_train
 
+    check_run_dir(out, create=False)  # a file at --out is one line here, before any data is read
     model = C.model_config(preset.value, _read_json(model_config) if model_config else None)
     if vision_weights:
         model = dataclasses.replace(model, vision=dataclasses.replace(

@@ -114,6 +114,9 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         if r.shape != c.shape:
             raise ParityError(f"output {name!r}: reference shape {r.shape}, candidate shape "
                               f"{c.shape}; the candidate was exported from another model")
+        if r.size == 0:  # statistics of nothing would read as NaN, i.e. a false "non-finite"
+            raise ParityError(f"output {name!r} is empty (shape {r.shape}); compare at least "
+                              "one row")
     stats = [_stats(n, np.asarray(reference[n]), np.asarray(candidate[n])) for n in reference]
     failures, notes = [], []
     t = tolerance

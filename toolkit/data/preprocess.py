@@ -33,8 +33,13 @@ class PreprocessError(ToolkitError):
 def load_image(src: ImageInput, size: int) -> np.ndarray:
     """Decode any supported image input to RGB uint8 (size, size, 3).
 
-    Accepts a path, PNG/JPEG bytes, a PIL image, or an HWC/HW uint8 array. Grayscale, palette and
-    RGBA images are converted to RGB (alpha composited on white, like the dataset's background).
+    Accepts a path, PNG/JPEG bytes, a PIL image, or an HWC/HW uint8 array. Normalizations:
+    grayscale (L, 1-channel arrays), palette, CMYK and other 8-bit modes are converted to RGB; RGBA
+    and LA have their alpha composited on white (the dataset's background); 16-bit and 32-bit
+    grayscale (I;16, I, F) are scaled to 0..255 by their own range (PIL's convert would clip them)
+    and then to RGB; any size, 1x1 included, is resized to (size, size) bilinearly. Refused with a
+    PreprocessError: 0-sized arrays or images, non-uint8 arrays, other shapes, unreadable or
+    truncated files, and images over Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS).
     """
     if isinstance(src, np.ndarray):
         img = _array_to_pil(src)
@@ -50,6 +55,23 @@ def load_image(src: ImageInput, size: int) -> np.ndarray:
     else:
         raise PreprocessError(f"unsupported image input of type {type(src).__name__}; pass a path, "
                               "bytes, a PIL image or an HWC uint8 array")
+    if img.width == 0 or img.height == 0:
+        raise PreprocessError(f"image has size {img.width}x{img.height}; pass a non-empty image")
+    try:
+        return _to_rgb(img, size)
+    except (OSError, ValueError, SyntaxError) as e:  # a lazy PIL image that fails to decode here
+        raise PreprocessError(f"image cannot be converted to RGB ({e}); pass an 8-bit image")
+
+
+def _to_rgb(img: Image.Image, size: int) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # Scale by the image's own range: PIL's convert("L") clips 16-bit values above 255.
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise PreprocessError("image holds non-finite values (NaN or inf); pass finite pixels")
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(np.round(a).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -64,7 +86,10 @@ def _open(fp, name: str) -> Image.Image:
     try:
         img = Image.open(fp)
         img.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except Image.DecompressionBombError as e:  # not an OSError: Pillow's guard on pixel count
+        raise PreprocessError(f"{name} is too large to decode safely ({e}); pass a smaller "
+                              "image") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise PreprocessError(f"{name} is not a readable image ({e}); replace or remove it") from e
     return img
 
@@ -72,6 +97,9 @@ def _open(fp, name: str) -> Image.Image:
 def _array_to_pil(a: np.ndarray) -> Image.Image:
     if a.dtype != np.uint8:
         raise PreprocessError(f"image array has dtype {a.dtype}; pass uint8 values in 0..255")
+    if a.size == 0:
+        raise PreprocessError(f"image array has shape {a.shape}, no pixels; pass a non-empty "
+                              "(H, W, 3) image")
     if a.ndim == 2:
         return Image.fromarray(a, "L")
     if a.ndim == 3 and a.shape[2] in (1, 3, 4):
@@ -144,7 +172,14 @@ class Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise PreprocessError(f"vocabulary file not found: {path}")
-        return cls(path.read_text(encoding="utf-8").splitlines(), max_length)
+        try:
+            vocab = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise PreprocessError(f"{path} is not a UTF-8 vocabulary file ({e.reason}); the run "
+                                  "is damaged") from e
+        if len(set(vocab)) != len(vocab):
+            raise PreprocessError(f"{path} repeats tokens; it is not a WordPiece vocabulary")
+        return cls(vocab, max_length)
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text("\n".join(self.vocab) + "\n", encoding="utf-8")
@@ -155,8 +190,19 @@ class Tokenizer:
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
                 raise PreprocessError(f"text #{i} is empty; every image needs a non-empty question")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate: not text the tokenizer can take
+                raise PreprocessError(f"text #{i} is not valid Unicode ({e.reason} at "
+                                      f"{e.start}); pass well-formed text") from None
         distinct = list(dict.fromkeys(texts))  # a dataset asks the same questions many times
         ids = dict(zip(distinct, (e.ids for e in self._tok.encode_batch(distinct))))
+        for i, t in enumerate(texts):
+            # BERT's normalizer drops control and zero-width characters: nothing but [CLS] [SEP]
+            # left means the model would answer a question that is not there.
+            if len(ids[t]) <= 2:
+                raise PreprocessError(f"text #{i} has no words once control characters are "
+                                      f"removed ({t[:20]!r}); pass a question")
         return [list(ids[t]) for t in texts]
 
     def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:

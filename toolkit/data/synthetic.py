@@ -162,7 +162,7 @@ def generate(out: str | os.PathLike, cfg: DataConfig) -> Path:
     if cfg.scenes < 2:
         raise ValueError(f"need at least 2 scenes (one for each split), got {cfg.scenes}")
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    _make_out(out)
     rng = np.random.default_rng(cfg.seed)
     n_val = max(1, round(cfg.scenes * cfg.val_fraction))
     splits: dict[str, list[str]] = {"train": [], "val": []}
@@ -183,6 +183,21 @@ def generate(out: str | os.PathLike, cfg: DataConfig) -> Path:
             "generator": to_dict(cfg)}
     (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def _make_out(out: Path) -> None:
+    """The dataset folder and its images/ folder, or a ToolkitError naming what is in the way."""
+    from toolkit.errors import ToolkitError
+
+    for p in (out, *out.parents):
+        if p.exists() and not p.is_dir():
+            raise ToolkitError(f"dataset folder {out}: {p} is a file, not a folder; pass another "
+                               "--out or remove the file")
+    try:
+        (out / "images").mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ToolkitError(f"cannot create the dataset folder {out} ({e.strerror}); pass an "
+                           "--out in a writable folder") from e
 
 
 def scene_from_record(record: dict, size: int) -> Scene:

@@ -72,6 +72,9 @@ def read_onnx_metadata(path: str | os.PathLike) -> ArtifactMetadata:
     except ImportError as e:
         raise ToolkitError("reading the ONNX model's metadata needs the onnx package: "
                            "pip install onnx") from e
+    from toolkit.onnx_file import check_external_data
+
+    check_external_data(path)  # also guards the TensorRT parser, which reads the same file next
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX

@@ -17,7 +17,10 @@ class ExportError(ToolkitError):
 def load(path: str | Path):
     import onnx
 
+    from toolkit.onnx_file import check_external_data
+
     path = Path(path)
+    check_external_data(path)
     try:
         return onnx.load(str(path))  # also pulls external data sitting next to the file
     except Exception as e:  # protobuf DecodeError, OSError, ...

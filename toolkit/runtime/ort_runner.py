@@ -82,6 +82,9 @@ class OnnxRuntimeRunner(Runner):
             raise RunnerError(f"{self.path}: execution provider(s) {missing} are not in this "
                               f"onnxruntime build (it has {sorted(available)}); install "
                               "onnxruntime-gpu for CUDA/TensorRT or use the CPU provider")
+        from toolkit.onnx_file import check_external_data
+
+        check_external_data(self.path)  # before ONNX Runtime opens anything the file points to
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = self.threads
