@@ -158,7 +158,8 @@ def load_checkpoint(run: str | Path, which: str = "best", device: str = "cpu") -
         model = DualModalNet(cfg)
     except ToolkitError:
         raise
-    except (TypeError, ValueError, RuntimeError) as e:  # sizes no module can be built with
+    except Exception as e:  # noqa: BLE001 -- torch and transformers' own validation errors alike
+        # (transformers raises huggingface_hub's StrictDataclassFieldValidationError, no TypeError)
         raise CheckpointError(f"{run / 'config.json'} describes no buildable model ({e}); the "
                               "run is damaged") from e
     try:
