@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, atomic_path
+from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, write_bytes
 from toolkit.config import HardwareCompat
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import device_info
@@ -308,13 +308,9 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
         build["dla_layers"] = _check_on_dla(trt, plan, build, cfg.out)
 
     out = Path(cfg.out)
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(plan)  # IHostMemory has the buffer protocol
+    write_bytes(out, memoryview(plan))  # IHostMemory has the buffer protocol
     if cache_path is not None:
-        with atomic_path(cache_path) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(cache.serialize())
+        write_bytes(cache_path, memoryview(cache.serialize()))
 
     write_sidecar(out, source_onnx=cfg.onnx, tensorrt_version=trt.__version__, gpu=gpu,
                   metadata=meta, build=build, profiles=[shapes],
