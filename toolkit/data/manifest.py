@@ -55,6 +55,11 @@ def read_manifest(path: str | Path) -> list[Row]:
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".csv"):
         raise DataError(f"{path}: unknown manifest format {path.suffix!r}; use .jsonl or .csv")
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); regenerate or "
+                        "re-save the manifest as UTF-8") from e
     records: list[tuple[int, dict]] = []
     with path.open(newline="", encoding="utf-8") as f:
         if path.suffix.lower() == ".csv":
