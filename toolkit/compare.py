@@ -85,7 +85,9 @@ def _row_cosine(a: np.ndarray, b: np.ndarray) -> float:
     num = (a * b).sum(1)
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     # Two all-zero rows are identical (cosine 1); one zero row against a non-zero one is 0.
-    cos = np.where(den > 0, num / np.maximum(den, 1e-30), (num == 0) * 1.0)
+    # No floor on den: clamping it (formerly at 1e-30) made two identical tiny rows cosine 0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), (num == 0) * 1.0)
     return float(cos.min())
 
 
