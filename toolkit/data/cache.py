@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import atomic_path
+from toolkit.artifacts import OutputPathError, atomic_path
 
 CACHE_DIR = ".toolkit-cache"
 _VERSION = 1  # of the key: bump when decoding changes (resampling, colour conversion)
@@ -60,5 +60,5 @@ def store(path: Path | None, images: np.ndarray) -> None:
         for old in path.parent.glob(f"{stem}.*.npy"):
             if old != path:
                 old.unlink(missing_ok=True)
-    except OSError:
+    except (OSError, OutputPathError):  # atomic_path reports OS errors as OutputPathError
         pass  # a read-only dataset folder: every load decodes
