@@ -576,8 +576,8 @@ def check_plot_available() -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise BenchError("--plot needs the matplotlib package, which is not installed: "
-                         "pip install matplotlib (or drop --plot)")
+        raise BenchError("--plot needs matplotlib, which is not installed: "
+                         "pip install 'dualmodal-toolkit[plot]' (or drop --plot)")
 
 
 def plot(report: dict, path: str | Path) -> None:

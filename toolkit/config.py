@@ -54,8 +54,8 @@ class VisionConfig:
     # ResNet only: how many of the four residual stages to keep. Fewer stages keep a finer grid
     # (stride 8 after two stages), which small images need to keep objects apart.
     stages: int = 4
-    # ResNet only: also offer each earlier stage's features, average-pooled to the final grid, as
-    # extra channels of every visual token (the seed's "multi-scale features"). Early stages keep
+    # ResNet and convnet: also offer each earlier stage's (layer's) features, average-pooled to
+    # the final grid, as extra channels of every visual token (the seed's "multi-scale features"). Early stages keep
     # colour nearly linear, which the question's colour word must bind to.
     multiscale: bool = False
     # ResNet only: base width of the stem and first stage (torchvision's is 64; each later stage
@@ -99,6 +99,9 @@ class ModelConfig:
     # Hidden width of the per-cell ReLU MLP on [cell, what it read from the question]
     # (fusion.py says why); 0 = the seed's plain attention residual.
     fusion_cell_mlp: int = 0
+    # Negative slope of the cell MLP's activations (LeakyReLU); 0 = ReLU. A ReLU unit that no
+    # colour of the training stage turns on gets no gradient again (fusion.py says what that cost).
+    fusion_cell_slope: float = 0.0
     # Hidden width of the relation read (fusion.py's RelationRead): after the cells have found the
     # object the question names, every cell is scored against it and read by a softmax, which
     # "closest to" and "furthest from" need. 0 = none. Needs grid tokens and `fusion_cell_mlp`.
@@ -178,20 +181,14 @@ class TrainConfig:
     # Curriculum: stages of question types (the manifest's `question_type`) trained on one after
     # the other before the epochs run on every row. On the embedded dataset, questions that no image
     # statistic answers (left/right, top/bottom) force the model to find the object the question
-    # names; trained on everything at once it settles on image statistics instead; a second stage
-    # that adds "shape" then puts the object's shape into its cell (bench/training.md). Each stage
+    # names; trained on everything at once it settles on image statistics instead
+    # (bench/training.md). Stages may be repeated (the option once per stage). Each stage
     # lasts `curriculum_steps` at most, and ends earlier once the mean training loss of its last
     # CURRICULUM_WINDOW steps is below `curriculum_loss` (0: never early). The rate warms up at the
     # start of each stage and stays at its peak until the stage ends.
     curriculum: tuple[tuple[str, ...], ...] = ()
     curriculum_steps: int = 0
     curriculum_loss: float = 0.05
-    # In the curriculum stages after the first, hold the parts that find the object a question
-    # names (the text tower and the fusion's cell readers: DualModalNet.binding_parameters) as the
-    # first stage left them; they train again in the epochs. On the embedded dataset a second stage
-    # that adds "shape" questions otherwise learns to ignore the object instead of growing its
-    # shape features (bench/training.md).
-    freeze_binding: bool = False
 
     def __post_init__(self) -> None:
         if bool(self.curriculum) != bool(self.curriculum_steps):
@@ -201,10 +198,6 @@ class TrainConfig:
         if not all(self.curriculum):
             raise ConfigError("every curriculum stage needs at least one question type "
                               "(--curriculum-types T1,T2, once per stage)")
-        if self.freeze_binding and not self.curriculum:
-            raise ConfigError("--freeze-binding holds what the first curriculum stage learned "
-                              "through the later stages: give --curriculum-types (once per "
-                              "stage) and --curriculum-steps, or drop it")
         if self.curriculum_loss < 0:
             raise ConfigError(f"--curriculum-loss must be >= 0 (0: run every curriculum step), "
                               f"got {self.curriculum_loss}")
@@ -216,7 +209,8 @@ PRESETS: dict[str, ModelConfig] = {
     "seed": ModelConfig(),
     "small": ModelConfig(
         image_size=64,
-        vision=VisionConfig(backbone="convnet", stages=3, width=24),  # (B, 24, 8, 8)
+        # (B, 72, 8, 8): every layer's map, pooled to the last grid
+        vision=VisionConfig(backbone="convnet", stages=3, width=24, multiscale=True),
         text=TextConfig(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=256,
                         max_length=32, dropout=0.0, embedding_std=1.0),
         dim=128,
@@ -225,6 +219,7 @@ PRESETS: dict[str, ModelConfig] = {
         visual_tokens=VisualTokens.grid,
         fusion_layers=1,
         fusion_cell_mlp=256,
+        fusion_cell_slope=0.1,
         fusion_relation=128,
         head_hidden=256,
     ),

@@ -63,13 +63,17 @@ class CrossAttention(nn.Module):
 class CellReader(nn.Module):
     """Cells attend to the question, then a ReLU MLP on [cell, what it read] replaces each cell."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, hidden: int):
+    def __init__(self, dim: int, heads: int, dropout: float, hidden: int, slope: float = 0.0):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+
+        def act() -> nn.Module:
+            return nn.LeakyReLU(slope) if slope else nn.ReLU()
+
         self.mlp = nn.Sequential(
-            nn.Linear(2 * dim, hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, dim), nn.ReLU(),
+            nn.Linear(2 * dim, hidden), act(),
+            nn.Linear(hidden, hidden), act(),
+            nn.Linear(hidden, dim), act(),
         )
 
     def forward(self, v: torch.Tensor, ctx: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
@@ -133,7 +137,8 @@ class BidirectionalBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.fusion_cell_mlp:
-            self.visual_to_text = CellReader(cfg.dim, cfg.heads, cfg.dropout, cfg.fusion_cell_mlp)
+            self.visual_to_text = CellReader(cfg.dim, cfg.heads, cfg.dropout, cfg.fusion_cell_mlp,
+                                            cfg.fusion_cell_slope)
         else:
             self.visual_to_text = CrossAttention(cfg.dim, cfg.heads, cfg.dropout)
         self.text_to_visual = CrossAttention(cfg.dim, cfg.heads, cfg.dropout)
