@@ -55,8 +55,9 @@ class VisionConfig:
     # (stride 8 after two stages), which small images need to keep objects apart.
     stages: int = 4
     # ResNet and convnet: also offer each earlier stage's (layer's) features, average-pooled to
-    # the final grid, as extra channels of every visual token (the seed's "multi-scale features"). Early stages keep
-    # colour nearly linear, which the question's colour word must bind to.
+    # the final grid, as extra channels of every visual token (the seed's "multi-scale
+    # features"). Early stages keep colour nearly linear, which the question's colour word must
+    # bind to.
     multiscale: bool = False
     # ResNet only: base width of the stem and first stage (torchvision's is 64; each later stage
     # doubles it). Same layout and blocks, fewer channels: `small` uses 32, a quarter of the cost.
