@@ -26,12 +26,13 @@ def test_train_then_eval(tiny_data, tmp_path):
     out = tmp_path / "run"
     r = _run("train", "--data", tiny_data, "--out", out, "--preset", "tiny", "--max-steps", 3,
              "--batch-size", 8, "--device", "cpu", "--curriculum-types", "horizontal,vertical",
-             "--curriculum-types", "shape", "--curriculum-steps", 1)
+             "--curriculum-types", "shape", "--curriculum-steps", 1, "--freeze-binding")
     assert r.exit_code == 0, r.output
     assert "answer priors" in r.output and "held-out accuracy" in r.output
     assert (out / "best.safetensors").is_file()
     train_cfg = json.loads((out / "config.json").read_text())["train"]
     assert train_cfg["curriculum"] == [["horizontal", "vertical"], ["shape"]]
+    assert train_cfg["freeze_binding"] is True
     r = _run("eval", "--checkpoint", out, "--data", tiny_data, "--json", tmp_path / "e.json")
     assert r.exit_code == 0, r.output
     assert "confusion" in r.output and "majority answer" in r.output
@@ -54,6 +55,8 @@ def test_train_then_eval(tiny_data, tmp_path):
     (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r"], "zero rows"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--curriculum-types", "shape"],
      "a curriculum needs both --curriculum-types and --curriculum-steps"),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--freeze-binding"],
+     "--freeze-binding holds what the first curriculum stage learned"),
 ])
 def test_bad_input_is_one_line_and_exit_1(args, message, tiny_data, tmp_path):
     import torch

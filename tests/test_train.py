@@ -178,6 +178,34 @@ def test_curriculum_ends_once_its_loss_is_low_and_resume_keeps_that(
     assert not torch.equal(only["model"].head[0].weight, init.head[0].weight)  # the rest trained
 
 
+def test_freeze_binding_holds_what_the_first_stage_learned(tiny_train_config, tmp_path):
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("horizontal", "vertical"),),
+                              curriculum_steps=2, curriculum_loss=0.0, epochs=0,
+                              warmup_steps=1)  # the same rate in every run, whatever its length
+    first = train(dataclasses.replace(cfg, out=str(tmp_path / "a")), log=lambda *_: None)["model"]
+    two = dataclasses.replace(cfg, curriculum=cfg.curriculum + (("shape",),), freeze_binding=True)
+
+    def held_as_first_left_them(model) -> bool:
+        ids = {id(p) for p in model.binding_parameters()}
+        return all(torch.equal(p, q) for p, q in zip(model.parameters(), first.parameters())
+                   if id(p) in ids)
+
+    frozen = train(dataclasses.replace(two, out=str(tmp_path / "b")), log=lambda *_: None)
+    assert frozen["report"]["steps"] == 4
+    assert held_as_first_left_them(frozen["model"])
+    assert {id(p) for p in frozen["model"].text.parameters()} <= {
+        id(p) for p in frozen["model"].binding_parameters()}
+    assert not torch.equal(frozen["model"].vision.body.stem[0].weight,
+                           first.vision.body.stem[0].weight)  # the rest trained in stage 2
+    free = train(dataclasses.replace(two, out=str(tmp_path / "c"), freeze_binding=False),
+                 log=lambda *_: None)
+    assert not held_as_first_left_them(free["model"])
+    after = train(dataclasses.replace(two, out=str(tmp_path / "d"), epochs=1), log=lambda *_: None)
+    assert not held_as_first_left_them(after["model"])  # the epochs train it again
+    with pytest.raises(ConfigError, match="--freeze-binding holds what the first curriculum"):
+        dataclasses.replace(tiny_train_config, freeze_binding=True)
+
+
 def test_relation_read_waits_for_the_first_stage(tiny_train_config, tmp_path):
     model = dataclasses.replace(tiny_train_config.model, fusion_relation=16)
     cfg = dataclasses.replace(tiny_train_config, model=model, epochs=0, curriculum_steps=2,

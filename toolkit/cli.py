@@ -134,6 +134,9 @@ def train(
     curriculum_loss: float = typer.Option(
         0.05, min=0.0, help="End a curriculum stage early once its mean training loss over the "
         f"last {CURRICULUM_WINDOW} steps is below this; 0 runs every curriculum step."),
+    freeze_binding: bool = typer.Option(
+        False, "--freeze-binding", help="In the curriculum stages after the first, hold the "
+        "text tower and the fusion's cell readers as the first stage left them."),
 ) -> None:
     """Train a model; best and last checkpoints land in OUT."""
     from toolkit import config as C
@@ -153,7 +156,8 @@ def train(
                         max_train_seconds=max_train_seconds,
                         curriculum=tuple(tuple(t for t in stage.split(",") if t)
                                          for stage in curriculum_types),
-                        curriculum_steps=curriculum_steps, curriculum_loss=curriculum_loss)
+                        curriculum_steps=curriculum_steps, curriculum_loss=curriculum_loss,
+                        freeze_binding=freeze_binding)
     result = run_train(cfg, log=console.print)
     if result["report"] is not None:
         console.print(f"best checkpoint: {out / 'best.safetensors'}")

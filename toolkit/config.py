@@ -182,14 +182,20 @@ class TrainConfig:
     # Curriculum: stages of question types (the manifest's `question_type`) trained on one after
     # the other before the epochs run on every row. On the embedded dataset, questions that no image
     # statistic answers (left/right, top/bottom) force the model to find the object the question
-    # names; trained on everything at once it settles on image statistics instead
-    # (bench/training.md). Stages may be repeated (the option once per stage). Each stage
+    # names; trained on everything at once it settles on image statistics instead; a second stage
+    # that adds "shape" then puts the object's shape into its cell (bench/training.md). Each stage
     # lasts `curriculum_steps` at most, and ends earlier once the mean training loss of its last
     # CURRICULUM_WINDOW steps is below `curriculum_loss` (0: never early). The rate warms up at the
     # start of each stage and stays at its peak until the stage ends.
     curriculum: tuple[tuple[str, ...], ...] = ()
     curriculum_steps: int = 0
     curriculum_loss: float = 0.05
+    # In the curriculum stages after the first, hold the parts that find the object a question
+    # names (the text tower and the fusion's cell readers: DualModalNet.binding_parameters) as the
+    # first stage left them; they train again in the epochs. On the embedded dataset a second stage
+    # that adds "shape" questions otherwise learns to ignore the object instead of growing its
+    # shape features (bench/training.md).
+    freeze_binding: bool = False
 
     def __post_init__(self) -> None:
         if bool(self.curriculum) != bool(self.curriculum_steps):
@@ -199,6 +205,10 @@ class TrainConfig:
         if not all(self.curriculum):
             raise ConfigError("every curriculum stage needs at least one question type "
                               "(--curriculum-types T1,T2, once per stage)")
+        if self.freeze_binding and not self.curriculum:
+            raise ConfigError("--freeze-binding holds what the first curriculum stage learned "
+                              "through the later stages: give --curriculum-types (once per "
+                              "stage) and --curriculum-steps, or drop it")
         if self.curriculum_loss < 0:
             raise ConfigError(f"--curriculum-loss must be >= 0 (0: run every curriculum step), "
                               f"got {self.curriculum_loss}")
@@ -210,8 +220,7 @@ PRESETS: dict[str, ModelConfig] = {
     "seed": ModelConfig(),
     "small": ModelConfig(
         image_size=64,
-        # (B, 72, 8, 8): every layer's map, pooled to the last grid
-        vision=VisionConfig(backbone="convnet", stages=3, width=24, multiscale=True),
+        vision=VisionConfig(backbone="convnet", stages=3, width=24),  # (B, 24, 8, 8)
         text=TextConfig(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=256,
                         max_length=32, dropout=0.0, embedding_std=1.0),
         dim=128,
@@ -220,7 +229,6 @@ PRESETS: dict[str, ModelConfig] = {
         visual_tokens=VisualTokens.grid,
         fusion_layers=1,
         fusion_cell_mlp=256,
-        fusion_cell_slope=0.1,
         fusion_relation=128,
         head_hidden=256,
     ),

@@ -205,14 +205,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         lr=cfg.lr, fused=True)
 
 
-def held_parameters(model: DualModalNet, stage: int | None) -> list[nn.Parameter]:
+def held_parameters(model: DualModalNet, stage: int | None,
+                    freeze_binding: bool) -> list[nn.Parameter]:
     """What gets no gradient at a step of `stage`: the fusion's summary through every curriculum
-    stage, its relation read through the first (fusion.py says why). With no gradient AdamW leaves
+    stage, its relation read through the first (fusion.py says why), and with `freeze_binding`
+    what finds the named object through the stages after the first. With no gradient AdamW leaves
     them, and their decay, alone."""
     if stage is None:
         return []
-    first = model.fusion.held_in_first_stage() if stage == 0 else []
-    return model.fusion.held_during_curriculum() + first
+    if stage == 0:
+        return model.fusion.held_during_curriculum() + model.fusion.held_in_first_stage()
+    binding = model.binding_parameters() if freeze_binding else []
+    return model.fusion.held_during_curriculum() + binding
 
 
 class StageMonitor:
@@ -346,7 +350,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 loss = loss_fn(net(**inputs).float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            for p in held_parameters(model, stage):
+            for p in held_parameters(model, stage, cfg.freeze_binding):
                 p.grad = None
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()

@@ -14,6 +14,11 @@ cannot express. Measured on the embedded dataset (bench/training.md): with the r
 LayerNorm of the seed's attention the question's object was found late or never; with the MLP's
 output replacing the cell, and the curriculum of `toolkit train`, within 70-100k training questions.
 
+With plain ReLUs a colour whose units all started off, or were pushed off early, gets no gradient
+again: on some seeds one colour's questions stayed unbound through the curriculum (the MLP's output
+on them was about 0.1% of the other colours'). `fusion_cell_slope` makes the units leaky; measured
+in bench/training.md, it did not make the binding reliable across seeds, so `small` keeps ReLUs.
+
 The cells are summed, not averaged: "how many objects share its shape" is a count.
 
 The MLP also silences the cells a question does not name, so nothing but the named object would

@@ -58,6 +58,12 @@ class DualModalNet(nn.Module):
             nn.Linear(cfg.head_hidden, cfg.num_classes),
         )
 
+    def binding_parameters(self) -> list[nn.Parameter]:
+        """What finds the object a question names: the text tower and each cell's reading of the
+        question (TrainConfig.freeze_binding)."""
+        readers = [block.visual_to_text for block in getattr(self.fusion, "blocks", [])]
+        return [p for m in (self.text, self.text_proj, *readers) for p in m.parameters()]
+
     def visual_tokens(self, image: torch.Tensor) -> torch.Tensor:
         return self._tokens(image)[0]
 
