@@ -14,7 +14,7 @@ SEED ?= 0
 RUN := runs/small-seed$(SEED)
 DEMO_SCENES ?= 10000
 # The budget is in steps, never seconds, so that a seed trains the same on any machine: the
-# curriculum stages, then this many epochs (10,619 steps at most).
+# curriculum stages, then this many epochs (11,901 steps at most).
 DEMO_EPOCHS ?= 7
 # The first steps ask only left/right and top/bottom questions, which no image statistic answers:
 # the model must find the object the question names. A second stage adds shape questions, with what
