@@ -62,7 +62,8 @@ demo: $(RUN)/best.safetensors
 	-$(BIN)/toolkit parity --reference $(RUN) --candidate export/model.int8.onnx \
 	  --json export/parity.int8.json
 	$(BIN)/toolkit bench --onnx export/model.onnx --onnx export/model.fp16.onnx \
-	  --onnx export/model.int8.onnx --batch 1,8 --seq 32 --iters 20 --json export/bench.json
+	  --onnx export/model.int8.onnx --batch 1,8 --seq 32 --iters 20 --json export/bench.json \
+	  --plot export/bench.png
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -605,8 +605,10 @@ def plot(report: dict, path: str | Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    from toolkit.artifacts import atomic_path
+
+    with atomic_path(path) as tmp:  # the format from the name, not the temporary suffix
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 
