@@ -1,6 +1,6 @@
 """Build a TensorRT plan from an exported ONNX model, and inspect one.
 
-Precision lives in the ONNX graph (DESIGN.md): the network is created STRONGLY_TYPED on TensorRT 10
+Precision lives in the ONNX graph (docs/architecture.md): the network is created STRONGLY_TYPED on TensorRT 10
 and 11 alike, with `1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)` (the enum's own
 value: 1 on 10.x, 0 on 11.x where strong typing is always on; NVIDIA's samples/python/
 introductory_parser_samples/onnx_resnet50.py does the same). No precision builder flags, no INT8

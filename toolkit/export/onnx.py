@@ -1,10 +1,12 @@
 """PyTorch -> ONNX FP32 with torch.onnx's dynamo exporter.
 
-Facts relied on (shared/reference/export-quant.md section 1): `dynamo=True` is the default and the
-TorchScript exporter is deprecated; string names in `dynamic_shapes` become dynamic dims renamed to
-those names; an example batch or sequence of 1 lets the exporter specialize the axis (0/1
-specialization), so the example uses batch 3 and a sequence of another size >= 2; the exporter
-writes external data by default, so the in-memory ModelProto is saved here as one file.
+Facts relied on (torch.onnx.export's docstring and docs.pytorch.org/docs/stable/onnx_dynamo.html;
+the default changed in github.com/pytorch/pytorch/pull/159646): `dynamo=True` is the default and
+the TorchScript exporter is deprecated; string names in `dynamic_shapes` become dynamic dims renamed
+to those names; an example batch or sequence of 1 lets the exporter specialize the axis ("0/1
+specialization", docs.pytorch.org/docs/stable/export.html), so the example uses batch 3 and a
+sequence of another size >= 2; the exporter writes external data by default, so the in-memory
+ModelProto is saved here as one file.
 """
 
 from __future__ import annotations
