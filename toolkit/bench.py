@@ -332,7 +332,8 @@ class BenchTorchRunner(TorchRunner):
 def _load_torch_variant(path: str, cfg: BenchConfig):
     """A Predictor on a run directory whose runner is a BenchTorchRunner, on CUDA."""
     from toolkit.runtime.devices import resolve_device
-    from toolkit.runtime.predictor import Backend, Predictor, run_metadata
+    from toolkit.artifacts import ArtifactMetadata
+    from toolkit.runtime.predictor import Backend, Predictor
 
     if resolve_device(cfg.device).type != "cuda":
         raise BenchError("--torch-precision fp16 and --torch-mode cuda_graph need a CUDA GPU, "
@@ -340,7 +341,8 @@ def _load_torch_variant(path: str, cfg: BenchConfig):
     runner = BenchTorchRunner(path, cfg.torch_precision, cfg.torch_mode)
     runner.activate()
     try:
-        return Predictor(runner, run_metadata(runner.ck), Backend.torch, Path(path))
+        return Predictor(runner, ArtifactMetadata.for_checkpoint(runner.ck), Backend.torch,
+                         Path(path))
     except BaseException:
         runner.deactivate()
         raise
