@@ -262,6 +262,17 @@ def check_draw_available() -> None:
 
 
 def draw(expl: Explanation, path: str | Path) -> Path:
+    """Write `figure(expl)` to `path` (PNG, or the format its suffix names)."""
+    plt = _pyplot()
+    fig = figure(expl)
+    path = Path(path)
+    with atomic_path(path) as tmp:  # the format from the name, not the temporary's suffix
+        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def figure(expl: Explanation):
     """One picture: the image under each cell map, the token bars, the answer in the title."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
@@ -303,11 +314,7 @@ def draw(expl: Explanation, path: str | Path) -> Path:
     fig.suptitle(f"\u201c{expl.text}\u201d\nanswer: {expl.answer} (p = {expl.probability:.3f})"
                  f"{truth}", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:  # the format from the name, not the temporary's suffix
-        fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # ------------------------------------------------------------------ the command's work
