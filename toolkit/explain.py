@@ -441,10 +441,16 @@ def summarize(scores: Sequence[tuple[str, dict]]) -> dict:
             for target, s in targets.items():
                 for key in ("overall", group_of(qtype), qtype):
                     acc.setdefault(name, {}).setdefault(target, {}).setdefault(key, []).append(s)
+    # overall, the groups, then the types in the dataset's order
+    order = ["overall", "non-relational", "relational", "other", *NON_RELATIONAL, *RELATIONAL]
+
+    def rank(key: str) -> int:
+        return order.index(key) if key in order else len(order)
+
     return {name: {target: {key: {"n": len(v), "hit_rate": float(np.mean([s["hit"] for s in v])),
                                   "mass": float(np.mean([s["mass"] for s in v])),
                                   "chance": float(np.mean([s["chance"] for s in v]))}
-                            for key, v in by_key.items()}
+                            for key, v in sorted(by_key.items(), key=lambda kv: rank(kv[0]))}
                    for target, by_key in targets.items()}
             for name, targets in acc.items()}
 
