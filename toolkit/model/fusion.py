@@ -118,6 +118,16 @@ class RelationRead(nn.Module):
 
     def forward(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
                 xy: torch.Tensor) -> torch.Tensor:
+        b, n, d = cells.shape
+        pick = self.choose(cells, kept, question, xy)  # (B, N, H)
+        values = self.value(cells).view(b, n, self.heads, d // self.heads)  # (B, N, H, D/H)
+        read = torch.einsum("bnh,bnhe->bhe", pick, values).reshape(b, d)  # (B, D)
+        return self.out(read)  # (B, D)
+
+    def choose(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
+               xy: torch.Tensor) -> torch.Tensor:
+        """Each head's softmax over the cells (B, N, H); a method of its own so that
+        toolkit.explain can show it without changing the forward pass."""
         # cells: (B, N, D) as they entered the fusion; kept: (B, N, D) the cell MLP's output;
         # question: (B, D); xy: (N, 2) cell centres in [-1, 1]
         b, n, d = cells.shape
@@ -132,10 +142,7 @@ class RelationRead(nn.Module):
                                       dim=-1))  # (B, N, H)
         gate = self.gate(question).view(b, self.heads, self.GEOMETRY)  # (B, H, 4)
         scores = scores + torch.einsum("bng,bhg->bnh", geometry, gate)  # (B, N, H)
-        pick = scores.softmax(dim=1)  # (B, N, H): each head's choice of cells
-        values = self.value(cells).view(b, n, self.heads, d // self.heads)  # (B, N, H, D/H)
-        read = torch.einsum("bnh,bnhe->bhe", pick, values).reshape(b, d)  # (B, D)
-        return self.out(read)  # (B, D)
+        return scores.softmax(dim=1)  # (B, N, H): each head's choice of cells
 
 
 class BidirectionalBlock(nn.Module):
