@@ -170,7 +170,8 @@ def load_predictor(checkpoint: str | Path, which: str = "best", device: Device |
     """A torch Predictor on a run directory (only the PyTorch model has weights to show)."""
     from toolkit.runtime import Predictor
     from toolkit.runtime.devices import resolve_device
-    from toolkit.runtime.predictor import Backend, run_metadata
+    from toolkit.artifacts import ArtifactMetadata
+    from toolkit.runtime.predictor import Backend
     from toolkit.runtime.torch_runner import TorchRunner
 
     path = Path(checkpoint)
@@ -180,7 +181,7 @@ def load_predictor(checkpoint: str | Path, which: str = "best", device: Device |
     runner = TorchRunner(path, which=which, device=resolve_device(Device(device)).type)
     runner.activate()  # loads the checkpoint: a missing or damaged run is its clear error
     try:
-        return Predictor(runner, run_metadata(runner.ck), Backend.torch, path)
+        return Predictor(runner, ArtifactMetadata.for_checkpoint(runner.ck), Backend.torch, path)
     except BaseException:
         runner.deactivate()
         raise
