@@ -11,6 +11,7 @@ split (max abs error, worst-row cosine, top-1 agreement, accuracy) from toolkit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -31,8 +32,11 @@ def make_untrained_run(preset_name: str, data: str, out: Path) -> Path:
     torch.manual_seed(0)
     rows = read_manifest(resolve_manifest(data, "train"))
     labels = dataset_labels(data, rows)
-    cfg = preset(preset_name, num_classes=len(labels))
-    tok = Tokenizer(train_vocab([r.text for r in rows], 1000), cfg.text.max_length)
+    base = preset(preset_name, num_classes=len(labels))
+    tok = Tokenizer(train_vocab([r.text for r in rows], 1000), base.text.max_length)
+    # A trained vocabulary sizes the embedding, as in toolkit train (the run files are checked).
+    cfg = dataclasses.replace(base, text=dataclasses.replace(base.text,
+                                                             vocab_size=len(tok.vocab)))
     write_run_files(out, cfg, {"data": str(Path(data).resolve())}, tok, labels)
     save_weights(DualModalNet(cfg).eval(), out / "best.safetensors")
     return out

@@ -273,26 +273,22 @@ def engine_parity(run: Path, data: Path, plan: Path, samples: int = 64) -> dict:
     import numpy as np
 
     from toolkit.checkpoint import load_checkpoint
-    from toolkit.compare import compare
     from toolkit.config import TOLERANCES, Precision
     from toolkit.export import samples as S
-    from toolkit.export.onnx import torch_outputs
+    from toolkit.runtime.torch_runner import TorchRunner
     from toolkit.runtime.trt_runner import TensorRTRunner
+    from toolkit.verify import verify
 
     ck = load_checkpoint(run)
     rows = S.load_rows(ck, data, "val")
     n = min(samples, len(rows))
     with TensorRTRunner(plan) as engine:
-        dtype, top = engine.input_specs()["image"].dtype, engine.shape_profile["image"]["max"][0]
-        ref, got = [], []
-        for start in range(0, n, top):
-            feed = S.batch(ck, rows, np.arange(start, min(start + top, n)))
-            ref.append(torch_outputs(ck, feed)["logits"])
-            got.append(engine.infer({**feed, "image": feed["image"].astype(dtype)})["logits"])
-    precision = Precision(engine.sidecar["precision"])
-    result = compare({"logits": np.concatenate(ref)},
-                     {"logits": np.concatenate(got).astype(np.float32)}, TOLERANCES[precision],
-                     labels=rows.labels[:n])
+        top = engine.shape_profile["image"]["max"][0]
+        precision = Precision(engine.sidecar["precision"])
+        feeds = (S.batch(ck, rows, np.arange(start, min(start + top, n)))
+                 for start in range(0, n, top))
+        result = verify(TorchRunner.from_checkpoint(ck), engine, feeds, TOLERANCES[precision],
+                        labels=rows.labels[:n])
     return {"passed": result.passed, "rows": n, "report": result.report()}
 
 

@@ -31,3 +31,37 @@ def test_metadata_round_trip_and_version_check():
                                                        '"metadata_version": 99'))
     with pytest.raises(ToolkitError, match="not valid JSON"):
         ArtifactMetadata.from_json("{", "model.onnx")
+
+
+def test_metadata_for_a_checkpoint_is_complete(tiny_run):
+    from toolkit.checkpoint import load_checkpoint
+    from toolkit.config import Precision, to_dict
+
+    ck = load_checkpoint(tiny_run)
+    m = ArtifactMetadata.for_checkpoint(ck, Precision.fp16, {"opset": 20})
+    assert m.precision == "fp16" and m.source_sha256 == sha256(ck.weights)
+    assert m.model_config == to_dict(ck.config) and m.extra == {"opset": 20}
+    assert m.labels == ck.labels and m.vocab == ck.tokenizer.vocab
+    assert m.input_names == ["image", "input_ids", "attention_mask"]
+    assert ArtifactMetadata.for_checkpoint(ck).precision == "fp32"
+
+
+def test_a_missing_record_is_one_error_wherever_it_is_read(tmp_path, tiny_onnx):
+    import onnx
+
+    from toolkit.artifacts import METADATA_KEY, ArtifactError, read_onnx_metadata
+    from toolkit.export.graph import get_metadata
+    from toolkit.runtime.ort_runner import OnnxRuntimeRunner
+
+    model = onnx.load(str(tiny_onnx.path))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    message = f"has no '{METADATA_KEY}' metadata: it was not written by toolkit export"
+    with pytest.raises(ArtifactError, match=message):
+        read_onnx_metadata(bare)
+    with pytest.raises(ArtifactError, match=message):
+        get_metadata(model, str(bare))
+    with OnnxRuntimeRunner(bare) as r, pytest.raises(ArtifactError, match=message):
+        r.artifact_metadata()
+    assert read_onnx_metadata(tiny_onnx.path) == get_metadata(onnx.load(str(tiny_onnx.path)))

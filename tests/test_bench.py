@@ -117,7 +117,9 @@ def test_plot_needs_matplotlib(tiny_onnx, tmp_path):
     if importlib.util.find_spec("matplotlib") is None:
         assert res.exit_code == 1 and "matplotlib" in res.output
     else:
-        assert res.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 0
+        assert res.exit_code == 0, res.output
+        assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert [p.name for p in tmp_path.iterdir()] == ["p.png"]  # no temporary left behind
 
 
 def test_statistics_helpers():

@@ -53,6 +53,8 @@ def test_train_then_eval(tiny_data, tmp_path):
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--resume"], "resume.pt not found"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--device", "cuda"], "no CUDA GPU"),
     (["train", "--data", "{tmp}/empty", "--out", "{tmp}/r"], "zero rows"),
+    (["train", "--data", "{data}", "--out", "{tmp}/r", "--curriculum-types", "shape"],
+     "a curriculum needs both --curriculum-types and --curriculum-steps"),
     (["train", "--data", "{data}", "--out", "{tmp}/r", "--freeze-binding"],
      "--freeze-binding holds what the first curriculum stage learned"),
 ])

@@ -32,7 +32,7 @@ def test_shapes_are_checked_before_values(logits):
 
 def test_value_error_beyond_tolerance_fails_with_evidence(logits):
     cand = {"logits": logits["logits"] + 1e-3}
-    c = compare(logits, cand, Tolerance(max_abs=1e-4))
+    c = compare(logits, cand, Tolerance(atol=1e-4))
     assert not c.passed
     assert c.outputs[0].max_abs == pytest.approx(1e-3, rel=1e-2)
     with pytest.raises(ParityError) as e:
@@ -67,5 +67,71 @@ def test_accuracy_bound_without_labels_is_noted_not_passed_silently(logits):
 
 
 def test_result_serializes(logits):
-    d = compare(logits, dict(logits), Tolerance(max_abs=1.0)).to_dict()
+    d = compare(logits, dict(logits), Tolerance(atol=1.0)).to_dict()
     assert d["passed"] is True and d["outputs"][0]["name"] == "logits"
+    assert d["outputs"][0]["scale"] == pytest.approx(float(np.ptp(logits["logits"])))
+
+
+# ------------------------------------------------------------------ bounds that scale (issue 16)
+
+
+@pytest.fixture
+def model_logits():
+    """Logits shaped like the embedded model's: 12 classes, 40 rows."""
+    return np.random.default_rng(3).normal(size=(40, 12))
+
+
+def _rounded(x: np.ndarray, precision: Precision) -> np.ndarray:
+    """What a correct export of that precision does to the logits, in proportion to their range
+    (bench/export.md): the worst element off by the worst error measured, the rest by about a
+    fiftieth of it (the measured mean / max)."""
+    worst = {Precision.fp32: 2e-6, Precision.fp16: 3e-3}[precision] * np.ptp(x)
+    out = x + np.random.default_rng(1).normal(0, worst / 50, size=x.shape)
+    out[0, 0] += worst
+    return out.astype(np.float64)
+
+
+@pytest.mark.parametrize("precision,tolerance", [(p, TOLERANCES[p])
+                                                 for p in (Precision.fp32, Precision.fp16)])
+@pytest.mark.parametrize("scale", [1.0, 100.0, 10_000.0])  # untrained .. far longer training
+def test_a_correct_export_passes_at_any_logit_scale(model_logits, precision, tolerance, scale):
+    ref = model_logits * scale
+    labels = ref.argmax(-1)
+    c = compare({"logits": ref}, {"logits": _rounded(ref, precision)}, tolerance, labels=labels)
+    assert c.passed, c.report()
+
+
+@pytest.mark.parametrize("precision,tolerance", [(p, TOLERANCES[p])
+                                                 for p in (Precision.fp32, Precision.fp16)])
+@pytest.mark.parametrize("scale", [1.0, 100.0, 10_000.0])
+def test_a_wrong_export_fails_at_any_logit_scale(model_logits, precision, tolerance, scale):
+    # One class's logit shifted by 5% of the range: a bias the export lost. Cosine stays near 1 at
+    # small shifts, so the scaled max-abs bound is what catches it.
+    ref = model_logits * scale
+    cand = ref.copy()
+    cand[:, 2] += 0.05 * np.ptp(ref)
+    c = compare({"logits": ref}, {"logits": cand}, tolerance)
+    assert not c.passed
+    assert any("max abs error" in f and "range" in f for f in c.failures), c.failures
+
+
+def test_the_issue_case_passes_fp32():
+    # Issue 16: a fully trained `small` refused with max abs 0.000229 > 1e-4 at cosine 1.000000 and
+    # top-1 100%; its logits span about 127 (bench/export.md).
+    rng = np.random.default_rng(2)
+    ref = rng.uniform(-60, 67, size=(12, 12)).astype(np.float64)
+    cand = ref.copy()
+    cand[0, 0] += 0.000229
+    c = compare({"logits": ref}, {"logits": cand}, TOLERANCES[Precision.fp32])
+    assert c.passed, c.report()
+    assert c.outputs[0].max_abs > 1e-4  # the old absolute bound would have refused it
+
+
+@pytest.mark.parametrize("precision", [Precision.fp32, Precision.fp16])
+def test_decisions_are_checked_for_float_precisions(logits, precision):
+    ref = logits["logits"] * 50
+    cand = ref.copy()
+    cand[0] = -cand[0]  # one row in twenty answers otherwise: 95% agreement
+    c = compare({"logits": ref}, {"logits": cand}, TOLERANCES[precision], labels=ref.argmax(-1))
+    assert any("top-1 agreement" in f for f in c.failures)
+    assert any("accuracy drop" in f for f in c.failures)

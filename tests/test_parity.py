@@ -63,7 +63,8 @@ def test_cli_export_fp32_then_parity_json(tiny_run, tiny_data, tmp_path):
     assert r.exit_code == 0, r.output
     report = json.loads((tmp_path / "p.json").read_text())
     assert report["passed"] is True and report["n"] == 10
-    assert report["outputs"][0]["max_abs"] <= TOLERANCES[Precision.fp32].max_abs
+    out = report["outputs"][0]
+    assert out["max_abs"] <= TOLERANCES[Precision.fp32].abs_bound(out["scale"])
 
 
 def test_cli_parity_exits_1_when_a_tolerance_is_exceeded(tiny_run, tiny_data, tiny_int8,
@@ -71,7 +72,7 @@ def test_cli_parity_exits_1_when_a_tolerance_is_exceeded(tiny_run, tiny_data, ti
     from toolkit import config
 
     strict = dict(config.TOLERANCES)
-    strict[Precision.int8] = config.Tolerance(max_abs=1e-9)  # INT8 never meets this
+    strict[Precision.int8] = config.Tolerance(atol=1e-9)  # INT8 never meets this
     monkeypatch.setattr("toolkit.parity.TOLERANCES", strict)
     r = _run("parity", "--reference", tiny_run, "--candidate", tiny_int8.path,
              "--data", tiny_data, "--samples", 5)
@@ -118,7 +119,7 @@ def test_cli_parity_on_a_file_that_is_not_onnx(tiny_run, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x00garbage")
     r = _run("parity", "--reference", tiny_run, "--candidate", bad)
-    assert r.exit_code == 1 and "bad.onnx is not a loadable ONNX model" in r.output
+    assert r.exit_code == 1 and "bad.onnx is not a readable ONNX model" in r.output
 
 
 def test_cli_export_format_engine_builds_a_plan_or_names_what_is_missing(tiny_run, tiny_data,
@@ -139,3 +140,49 @@ def test_cli_export_format_engine_builds_a_plan_or_names_what_is_missing(tiny_ru
         assert r.exit_code == 0 and plan.is_file(), r.output
     else:
         assert r.exit_code == 1 and "TensorRT" in r.output and not plan.exists(), r.output
+
+
+@pytest.fixture(scope="module")
+def scaled_run(tiny_run, tmp_path_factory):
+    """The tiny run with its classifier scaled 1000x: logits like a model trained far longer."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run = tmp_path_factory.mktemp("scaled") / "run"
+    shutil.copytree(tiny_run, run)
+    state = load_file(str(run / "best.safetensors"))
+    last = max(k for k in state if k.startswith("head.") and k.endswith(".weight"))
+    for k in (last, last.replace(".weight", ".bias")):
+        state[k] = state[k] * 1000
+    save_file(state, str(run / "best.safetensors"))
+    return run
+
+
+def test_a_scaled_up_models_correct_export_passes_and_a_wrong_one_fails(scaled_run, tiny_data,
+                                                                        tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from toolkit.config import ExportConfig
+    from toolkit.export.pipeline import export
+
+    out = tmp_path / "m.onnx"
+    result = export(ExportConfig(str(scaled_run), str(out), data=str(tiny_data)))
+    assert result.comparison.passed and result.comparison.outputs[0].scale > 100
+    c = parity(ParityConfig(str(scaled_run), str(out), data=str(tiny_data), samples=20))
+    assert c.passed, c.report()
+
+    # The same graph with one class's bias moved by a tenth of the logits' range: wrong.
+    model = onnx.load(str(out))
+    biases = [t for t in model.graph.initializer if t.dims == [c.outputs[0].shape[1]]
+              and np.abs(numpy_helper.to_array(t)).max() > 1]  # the scaled head's bias
+    assert len(biases) == 1
+    b = numpy_helper.to_array(biases[0]).copy()
+    b[0] += 0.1 * c.outputs[0].scale
+    biases[0].CopyFrom(numpy_helper.from_array(b, biases[0].name))
+    wrong = tmp_path / "wrong.onnx"
+    onnx.save(model, str(wrong))
+    bad = parity(ParityConfig(str(scaled_run), str(wrong), data=str(tiny_data), samples=20))
+    assert not bad.passed and any("max abs error" in f for f in bad.failures), bad.report()

@@ -14,7 +14,8 @@ from toolkit.config import BatchBy, ConfigError, TrainConfig, preset
 from toolkit.data.manifest import load_split, read_manifest, resolve_manifest
 from toolkit.data.preprocess import Tokenizer, train_vocab
 from toolkit.model import DualModalNet
-from toolkit.train import BatchPlan, Dist, lr_factor, train
+from toolkit.train import (BatchPlan, Dist, EvalCadence, RunWriter, StageMonitor, build_optimizer,
+                           lr_factor, train)
 
 
 def test_run_directory_holds_everything(tiny_run):
@@ -319,3 +320,83 @@ def test_two_gloo_processes_hold_identical_weights(tiny_train_config, tmp_path):
     assert sum(not torch.equal(a[k], init[k]) for k in init) > len(init) // 2
     # rank 0 saved what it held
     assert all(torch.equal(a[k], v) for k, v in saved.model.state_dict().items())
+
+
+def test_optimizer_decays_matrices_only_with_the_fused_kernel(tiny_train_config):
+    model = DualModalNet(tiny_train_config.model)
+    opt = build_optimizer(model, tiny_train_config)
+    decay, no_decay = opt.param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == tiny_train_config.weight_decay and no_decay["weight_decay"] == 0
+    assert all(p.ndim >= 2 and "embeddings" not in names[id(p)] for p in decay["params"])
+    assert any("embeddings" in names[id(p)] for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    assert opt.defaults["fused"] is True
+
+
+def test_stage_monitor_ends_a_stage_on_its_own_window(tiny_split, tiny_train_config, monkeypatch):
+    import toolkit.train as T
+
+    monkeypatch.setattr(T, "CURRICULUM_WINDOW", 3)
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("horizontal",), ("vertical",)),
+                              curriculum_steps=50, curriculum_loss=0.5)
+    plan = BatchPlan(tiny_split, cfg, Dist())
+    monitor = StageMonitor(plan, cfg, Dist())
+    loss = torch.tensor(0.0)
+    # stage 0: a window of 3 with mean under 0.5 ends it at the third low step, not before
+    assert [monitor.observe(s, 0, loss, v) for s, v in zip((1, 2, 3), (0.9, 0.3, 0.3))] == [
+        None, None, None]  # mean 0.5 is not under 0.5
+    assert monitor.observe(4, 0, loss, 0.1) == pytest.approx(0.7 / 3)
+    assert plan.bounds()[:2] == [0, 4]
+    # stage 1 starts a fresh window: stage 0's low losses do not count
+    assert monitor.observe(5, 1, loss, 0.1) is None and len(monitor.losses) == 1
+    assert monitor.observe(9, None, loss, 0.0) is None  # the epochs: nothing to watch
+
+
+def test_eval_cadence_runs_on_the_period_at_stage_ends_and_at_the_end(tiny_split,
+                                                                       tiny_train_config):
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("horizontal",),),
+                              curriculum_steps=7, epochs=1)
+    plan = BatchPlan(tiny_split, cfg, Dist())
+    cadence = EvalCadence(5, plan)
+    due = [s for s in range(1, plan.total_steps + 1) if cadence.due(s, out_of_time=False)]
+    assert 5 in due and 7 in due and 10 in due and due[-1] == plan.total_steps
+    assert 6 not in due and cadence.due(6, out_of_time=True)
+
+
+def test_run_writer_saves_and_loads_the_whole_training_state(tiny_split, tiny_train_config,
+                                                             tmp_path):
+    model = DualModalNet(tiny_train_config.model)
+    opt = build_optimizer(model, tiny_train_config)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    cfg = dataclasses.replace(tiny_train_config, curriculum=(("horizontal",),),
+                              curriculum_steps=7)
+    plan = BatchPlan(tiny_split, cfg, Dist())
+    plan.end_stage(3)
+    run = RunWriter(tmp_path, model, opt, sched, plan, main=True)
+    run.step = 3
+    report = {"accuracy": 0.4, "per_type": {}, "groups": {}}
+    run.save(report)
+    run.save(dict(report, accuracy=0.2))  # worse: best.safetensors keeps the first
+    assert run.best == 0.4 and len(run.history) == 2
+    assert {p.name for p in tmp_path.iterdir()} == {"last.safetensors", "best.safetensors",
+                                                    "metrics.json", "resume.pt"}
+    other = DualModalNet(tiny_train_config.model)
+    opt2 = build_optimizer(other, tiny_train_config)
+    plan2 = BatchPlan(tiny_split, cfg, Dist())
+    back = RunWriter(tmp_path, other, opt2,
+                     torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0), plan2, main=True)
+    back.load(torch.device("cpu"))
+    assert (back.step, back.best, back.history, plan2.ends) == (3, 0.4, run.history, [3])
+    for p, q in zip(model.parameters(), other.parameters()):
+        assert torch.equal(p, q)
+    RunWriter(tmp_path / "none", model, opt, sched, plan, main=False).save(report)
+    assert not (tmp_path / "none").exists()  # only rank 0 writes
+
+
+def test_the_same_seed_trains_the_same_weights(tiny_train_config, tmp_path):
+    runs = [train(dataclasses.replace(tiny_train_config, out=str(tmp_path / str(k)),
+                                      max_steps=6), log=lambda *_: None)["model"]
+            for k in range(2)]
+    for (name, p), q in zip(runs[0].state_dict().items(), runs[1].state_dict().values()):
+        assert torch.equal(p, q), name

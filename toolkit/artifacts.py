@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,15 @@ def sha256(path: str | os.PathLike) -> str:
 METADATA_KEY = "toolkit.metadata"
 METADATA_VERSION = 1
 
+# The model's interface, written here once: the exporter names the graph's inputs and outputs
+# with these, every runner takes and returns them, and the record lists them.
+INPUT_NAMES = ("image", "input_ids", "attention_mask")
+OUTPUT_NAMES = ("logits",)
+
+
+class ArtifactError(ToolkitError):
+    """An artifact's record is missing or unreadable; the message names the file and the fix."""
+
 
 @dataclass(frozen=True)
 class ArtifactMetadata:
@@ -98,9 +107,8 @@ class ArtifactMetadata:
     source_sha256: str  # SHA-256 of the checkpoint weights the artifact was made from
     toolkit_version: str
     model_config: dict = field(default_factory=dict)
-    input_names: list[str] = field(default_factory=lambda: ["image", "input_ids",
-                                                            "attention_mask"])
-    output_names: list[str] = field(default_factory=lambda: ["logits"])
+    input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
+    output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
     extra: dict = field(default_factory=dict)  # stage-specific facts (opset, calibration, ...)
     metadata_version: int = METADATA_VERSION
 
@@ -108,15 +116,56 @@ class ArtifactMetadata:
         return json.dumps(asdict(self))
 
     @classmethod
-    def from_json(cls, text: str, source: str = "artifact") -> "ArtifactMetadata":
-        from toolkit.errors import ToolkitError
+    def for_checkpoint(cls, ck, precision="fp32", extra: dict | None = None
+                       ) -> "ArtifactMetadata":
+        """The record of an artifact made from checkpoint `ck` (a toolkit.checkpoint.Checkpoint):
+        the one place it is built, for exports and for a run directory loaded as a Predictor."""
+        from toolkit import __version__
+        from toolkit.config import Precision, to_dict
 
+        cfg = ck.config
+        return cls(labels=list(ck.labels), image_size=cfg.image_size, mean=list(cfg.mean),
+                   std=list(cfg.std), vocab=list(ck.tokenizer.vocab),
+                   max_length=cfg.text.max_length, precision=Precision(precision).value,
+                   source_sha256=sha256(ck.weights), toolkit_version=__version__,
+                   model_config=to_dict(cfg), extra=dict(extra or {}))
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str) -> "ArtifactMetadata":
+        """The record from an ONNX model's metadata_props (as a dict), however they were read:
+        the one place a missing record is reported."""
+        if METADATA_KEY not in props:
+            raise ArtifactError(f"{source} has no {METADATA_KEY!r} metadata: it was not written by "
+                                "toolkit export; export the model again with `toolkit export`")
+        return cls.from_json(props[METADATA_KEY], source)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "artifact") -> "ArtifactMetadata":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ToolkitError(f"{source}: metadata is not valid JSON ({e.msg})") from e
+            raise ArtifactError(f"{source}: metadata is not valid JSON ({e.msg})") from e
         if data.get("metadata_version") != METADATA_VERSION:
-            raise ToolkitError(f"{source}: metadata version {data.get('metadata_version')} is not "
-                               f"{METADATA_VERSION}; re-export it with this toolkit")
+            raise ArtifactError(f"{source}: metadata version {data.get('metadata_version')} is not "
+                                f"{METADATA_VERSION}; re-export it with this toolkit")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> ArtifactMetadata:
+    """The record of an .onnx file, read without its weights (needs the onnx package; a runtime
+    without it reads the record through its ONNX Runtime session, OnnxRuntimeRunner)."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise ArtifactError("reading an ONNX model's metadata needs the onnx package: "
+                            "pip install onnx") from e
+    from toolkit.onnx_file import check_external_data  # only where an ONNX file is opened
+
+    check_external_data(path)  # also guards the TensorRT parser, which reads the same file next
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
+        raise ArtifactError(f"{path} is not a readable ONNX model ({type(e).__name__}); export "
+                            "it again with `toolkit export`") from e
+    return ArtifactMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))

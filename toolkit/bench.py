@@ -332,7 +332,8 @@ class BenchTorchRunner(TorchRunner):
 def _load_torch_variant(path: str, cfg: BenchConfig):
     """A Predictor on a run directory whose runner is a BenchTorchRunner, on CUDA."""
     from toolkit.runtime.devices import resolve_device
-    from toolkit.runtime.predictor import Backend, Predictor, run_metadata
+    from toolkit.artifacts import ArtifactMetadata
+    from toolkit.runtime.predictor import Backend, Predictor
 
     if resolve_device(cfg.device).type != "cuda":
         raise BenchError("--torch-precision fp16 and --torch-mode cuda_graph need a CUDA GPU, "
@@ -340,7 +341,8 @@ def _load_torch_variant(path: str, cfg: BenchConfig):
     runner = BenchTorchRunner(path, cfg.torch_precision, cfg.torch_mode)
     runner.activate()
     try:
-        return Predictor(runner, run_metadata(runner.ck), Backend.torch, Path(path))
+        return Predictor(runner, ArtifactMetadata.for_checkpoint(runner.ck), Backend.torch,
+                         Path(path))
     except BaseException:
         runner.deactivate()
         raise
@@ -576,8 +578,8 @@ def check_plot_available() -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise BenchError("--plot needs the matplotlib package, which is not installed: "
-                         "pip install matplotlib (or drop --plot)")
+        raise BenchError("--plot needs matplotlib, which is not installed: "
+                         "pip install 'dualmodal-toolkit[plot]' (or drop --plot)")
 
 
 def plot(report: dict, path: str | Path) -> None:
@@ -605,8 +607,10 @@ def plot(report: dict, path: str | Path) -> None:
         ax.set_title(title)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    from toolkit.artifacts import atomic_path
+
+    with atomic_path(path) as tmp:  # the format from the name, not the temporary suffix
+        fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)
 
 

@@ -413,6 +413,64 @@ def bench(
         console.print(f"wrote {plot_path}")
 
 
+# ---- attention maps and the pointing game (issue 18)
+
+
+@app.command()
+@friendly
+def explain(
+    checkpoint: Path = typer.Option(..., exists=True, file_okay=False,
+                                    help="Run directory (runs/<name>)."),
+    image: list[Path] = typer.Option([], exists=True, dir_okay=False,
+                                     help="An image (repeatable, one --text each)."),
+    text: list[str] = typer.Option([], help="The question about the --image of the same place."),
+    manifest: Optional[Path] = typer.Option(None, exists=True,
+                                            help="Or: questions from a dataset folder/manifest."),
+    split: str = typer.Option("val", help="With --manifest: the split inside a dataset folder."),
+    limit: int = typer.Option(8, min=1, help="With --manifest: its first N questions."),
+    out: Optional[Path] = typer.Option(None, help="The PNG for one question, else a folder."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the raw weights here."),
+    which: str = typer.Option("best", help="best or last weights."),
+    device: Device = typer.Option(Device.auto),
+) -> None:
+    """Draw the fusion's attention for each question: cells, question tokens, answer."""
+    from toolkit.explain import ExplainConfig, explain_to_files
+
+    cfg = ExplainConfig(checkpoint=str(checkpoint), out=str(out) if out else None,
+                        images=tuple(map(str, image)), texts=tuple(text),
+                        manifest=str(manifest) if manifest else None, split=split,
+                        limit=limit if manifest else None,
+                        json=str(json_out) if json_out else None, which=which, device=device)
+    for path in explain_to_files(cfg, log=console.print):
+        console.print(f"wrote {path}")
+
+
+@app.command()
+@friendly
+def pointing(
+    checkpoint: Path = typer.Option(..., exists=True, file_okay=False,
+                                    help="Run directory (runs/<name>)."),
+    data: Path = typer.Option(..., exists=True, help="The embedded dataset (folder or JSONL)."),
+    split: str = typer.Option("val", help="Split inside a dataset folder."),
+    limit: Optional[int] = typer.Option(None, min=1, help="First N questions (default: all)."),
+    which: str = typer.Option("best", help="best or last weights."),
+    device: Device = typer.Option(Device.auto),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the report here."),
+) -> None:
+    """The pointing game: how often each attention map's top cell lies on the named object."""
+    from toolkit.explain import PointingConfig, format_pointing, pointing_game
+
+    cfg = PointingConfig(checkpoint=str(checkpoint), data=str(data), split=split, limit=limit,
+                         which=which, device=device)
+    report = pointing_game(cfg, log=lambda msg: err.print(msg, highlight=False, markup=False))
+    console.print(format_pointing(report), highlight=False, markup=False)
+    if json_out:
+        from toolkit.artifacts import write_json
+
+        write_json(json_out, report)
+        console.print(f"wrote {json_out}")
+
+
 def main() -> None:
     app()
 

@@ -27,6 +27,7 @@ class OutputStats:
     name: str
     shape: tuple
     max_abs: float
+    scale: float  # the reference's range (max - min): what Tolerance.rtol is relative to
     mean_abs: float
     max_rel: float
     mean_rel: float
@@ -63,7 +64,9 @@ class Comparison:
         lines = [f"{'PASSED' if self.passed else 'FAILED'} on {self.n} rows"]
         for o in self.outputs:
             top1 = "" if o.top1 is None else f" top1 {o.top1:.2%}"
-            lines.append(f"  {o.name} {o.shape}: max abs {o.max_abs:.3g} (mean {o.mean_abs:.3g}), "
+            share = o.max_abs / o.scale if o.scale else 0.0
+            lines.append(f"  {o.name} {o.shape}: max abs {o.max_abs:.3g} (mean {o.mean_abs:.3g}; "
+                         f"{share:.2g} of the range {o.scale:.3g}), "
                          f"max rel {o.max_rel:.3g} (mean {o.mean_rel:.3g}), "
                          f"cosine {o.cosine:.6f}{top1}")
         if self.reference_accuracy is not None:
@@ -98,8 +101,10 @@ def _stats(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputStats:
     top1 = None
     if ref.ndim >= 2:
         top1 = float((ref.argmax(-1) == cand.argmax(-1)).mean())
-    return OutputStats(name, tuple(ref.shape), float(diff.max(initial=0)), float(diff.mean()),
-                       float(rel.max(initial=0)), float(rel.mean()), _row_cosine(ref, cand), top1)
+    scale = float(ref.max() - ref.min()) if ref.size else 0.0
+    return OutputStats(name, tuple(ref.shape), float(diff.max(initial=0)), scale,
+                       float(diff.mean()), float(rel.max(initial=0)), float(rel.mean()),
+                       _row_cosine(ref, cand), top1)
 
 
 def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray],
@@ -126,8 +131,10 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         if not (np.isfinite(s.max_abs) and np.isfinite(s.cosine)):
             failures.append(f"{s.name}: non-finite values (NaN or inf) in the candidate")
             continue
-        if t.max_abs is not None and s.max_abs > t.max_abs:
-            failures.append(f"{s.name}: max abs error {s.max_abs:.3g} > {t.max_abs:g}")
+        bound = t.abs_bound(s.scale)
+        if bound is not None and s.max_abs > bound:
+            failures.append(f"{s.name}: max abs error {s.max_abs:.3g} > {bound:.3g} "
+                            f"({t.atol:g} + {t.rtol:g} x the reference's range {s.scale:.3g})")
         if t.min_cosine is not None and s.cosine < t.min_cosine:
             failures.append(f"{s.name}: cosine {s.cosine:.6f} < {t.min_cosine:g}")
         if t.min_top1 is not None and s.top1 is not None and s.top1 < t.min_top1:

@@ -147,7 +147,8 @@ def _escapes(location: str, folder: Path) -> bool:
 def check_external_data(path: str | os.PathLike) -> None:
     """Refuse an ONNX file whose external data would be read from outside its own folder (an
     absolute location, "..", or a symlink leading out). A missing or unreadable file is left to
-    the loader that follows, which names it in its own words; bytes that are not a protobuf message are refused as unreadable."""
+    the loader that follows, which names it in its own words; bytes that are no protobuf message
+    are refused here, since a loader reading them otherwise could find locations this does not."""
     path = Path(path)
     try:
         data = path.read_bytes()

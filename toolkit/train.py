@@ -191,15 +191,120 @@ class _Pool:
         return np.concatenate([self.groups[i] for i in chosen])
 
 
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not biases, norms or embeddings). The fused
+    kernel does the whole update in one pass; on the CPU it cost 2.6x less than foreach
+    (bench/training.md)."""
+    def decays(name: str, p: nn.Parameter) -> bool:
+        return p.ndim >= 2 and "embeddings" not in name
+
+    named = list(model.named_parameters())
+    return torch.optim.AdamW(
+        [{"params": [p for n, p in named if decays(n, p)], "weight_decay": cfg.weight_decay},
+         {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}],
+        lr=cfg.lr, fused=True)
+
+
+def held_parameters(model: DualModalNet, stage: int | None,
+                    freeze_binding: bool) -> list[nn.Parameter]:
+    """What gets no gradient at a step of `stage`: the fusion's summary through every curriculum
+    stage, its relation read through the first (fusion.py says why), and with `freeze_binding`
+    what finds the named object through the stages after the first. With no gradient AdamW leaves
+    them, and their decay, alone."""
+    if stage is None:
+        return []
+    if stage == 0:
+        return model.fusion.held_during_curriculum() + model.fusion.held_in_first_stage()
+    binding = model.binding_parameters() if freeze_binding else []
+    return model.fusion.held_during_curriculum() + binding
+
+
+class StageMonitor:
+    """Ends a curriculum stage once the mean training loss of its last CURRICULUM_WINDOW steps is
+    under `curriculum_loss` (a mean over DDP ranks, so that every rank ends it together)."""
+
+    def __init__(self, plan: BatchPlan, cfg: TrainConfig, ddp: Dist):
+        self.plan, self.threshold, self.ddp = plan, cfg.curriculum_loss, ddp
+        self.losses: deque[float] = deque(maxlen=CURRICULUM_WINDOW)  # of the stage now training
+
+    def observe(self, step: int, stage: int | None, loss: torch.Tensor,
+                value: float) -> float | None:
+        """`step` has just been trained with `loss` (`value` on this rank); returns the window's
+        mean loss when that ended the stage, else None."""
+        if stage is None or not self.threshold:
+            return None
+        if step - 1 == self.plan.bounds()[stage]:  # a new stage: a new window
+            self.losses.clear()
+        self.losses.append(value if self.ddp.world == 1
+                           else _mean_over_ranks(loss.detach(), self.ddp))
+        mean = sum(self.losses) / CURRICULUM_WINDOW
+        if len(self.losses) == CURRICULUM_WINDOW and mean < self.threshold:
+            self.plan.end_stage(step)
+            return mean
+        return None
+
+
+@dataclass
+class EvalCadence:
+    """When the held-out evaluation (and a checkpoint) runs: every `every` steps, at each stage's
+    end, at the last step and when the clock runs out."""
+
+    every: int
+    plan: BatchPlan
+
+    def due(self, step: int, out_of_time: bool) -> bool:
+        return (step % self.every == 0 or step in self.plan.bounds()[1:]
+                or step >= self.plan.total_steps or out_of_time)
+
+
+class RunWriter:
+    """The run directory's training state: last/best weights, metrics.json and resume.pt, each
+    written whole under a temporary name (rank 0 only)."""
+
+    def __init__(self, out: Path, model: nn.Module, opt, sched, plan: BatchPlan, main: bool):
+        self.out, self.model, self.opt, self.sched, self.plan, self.main = (
+            out, model, opt, sched, plan, main)
+        self.step, self.best, self.history = 0, -1.0, []
+
+    @property
+    def resume_file(self) -> Path:
+        return self.out / "resume.pt"
+
+    def load(self, device: torch.device) -> None:
+        ck = torch.load(self.resume_file, map_location=device, weights_only=True)
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.step, self.best, self.history = ck["step"], ck["best"], ck["history"]
+        ended = ck.get("curriculum_ended")  # written before curriculum stages: one stage
+        self.plan.ends = list(ck.get("curriculum_ends", [] if ended is None else [ended]))
+
+    def save(self, report: dict | None) -> None:
+        if not self.main:
+            return
+        save_weights(self.model, self.out / "last.safetensors")
+        if report is not None:
+            self.history.append({"step": self.step, **{k: report[k] for k in
+                                                       ("accuracy", "per_type", "groups")}})
+            if report["accuracy"] > self.best:
+                self.best = report["accuracy"]
+                save_weights(self.model, self.out / "best.safetensors")
+            write_json(self.out / "metrics.json", {"best_accuracy": self.best,
+                                                   "history": self.history})
+        with atomic_path(self.resume_file) as tmp:
+            torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                        "scheduler": self.sched.state_dict(), "curriculum_ends": self.plan.ends,
+                        "step": self.step, "best": self.best, "history": self.history}, tmp)
+
+
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train, evaluating on the held-out split; returns the final metrics. See TrainConfig."""
     device = resolve_device(cfg.device)
     ddp = init_distributed(device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    resume_file = out / "resume.pt"
-    if cfg.resume and not resume_file.is_file():
-        raise CheckpointError(f"--resume: {resume_file} not found; start without --resume")
+    if cfg.resume and not (out / "resume.pt").is_file():
+        raise CheckpointError(f"--resume: {out / 'resume.pt'} not found; start without --resume")
     mcfg, labels, tokenizer, train_split, val_split = prepare_data(
         cfg, run=out if cfg.resume else None)
     if ddp.main:
@@ -208,75 +313,36 @@ def train(cfg: TrainConfig, log=print) -> dict:
             + ", ".join(f"{k} {v:.1%}" for k, v in priors.items()))
 
     model = DualModalNet(mcfg).to(device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-                            foreach=True)
+    opt = build_optimizer(model, cfg)
     plan = BatchPlan(train_split, cfg, ddp)
     warmup = min(cfg.warmup_steps, plan.total_steps // 4 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: plan.rate(step, warmup))
-    state = {"step": 0, "best": -1.0, "history": []}
+    run = RunWriter(out, model, opt, sched, plan, ddp.main)
     if cfg.resume:
-        ck = torch.load(resume_file, map_location=device, weights_only=True)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        state = {k: ck[k] for k in state}
-        ended = ck.get("curriculum_ended")  # written before curriculum stages: one stage
-        plan.ends = list(ck.get("curriculum_ends", [] if ended is None else [ended]))
+        run.load(device)
         if ddp.main:
-            log(f"resumed {out} at step {state['step']}")
+            log(f"resumed {out} at step {run.step}")
     elif ddp.main:
         write_run_files(out, mcfg, to_dict(dataclasses.replace(cfg, model=mcfg)), tokenizer, labels)
 
     net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
-    held = model.fusion.held_during_curriculum()
-    held_first = model.fusion.held_in_first_stage()
-    binding = model.binding_parameters() if cfg.freeze_binding else []
+    monitor = StageMonitor(plan, cfg, ddp)
+    cadence = EvalCadence(cfg.eval_every or plan.steps_per_epoch, plan)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else nullcontext())
     loss_fn = nn.CrossEntropyLoss()
-    eval_every = cfg.eval_every or plan.steps_per_epoch
-
-    def checkpoint(report: dict | None) -> None:
-        if not ddp.main:
-            return
-        save_weights(model, out / "last.safetensors")
-        if report is not None:
-            state["history"].append({"step": state["step"], **{k: report[k] for k in
-                                                               ("accuracy", "per_type", "groups")}})
-            if report["accuracy"] > state["best"]:
-                state["best"] = report["accuracy"]
-                save_weights(model, out / "best.safetensors")
-            write_json(out / "metrics.json", {"best_accuracy": state["best"],
-                                              "history": state["history"]})
-        with atomic_path(resume_file) as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "curriculum_ends": plan.ends,
-                        **state}, tmp)
-
-    def run_eval() -> dict:
-        report = evaluate(model, val_split, tokenizer, mcfg, labels, device)
-        groups = " ".join(f"{k} {v:.1%}" for k, v in report["groups"].items())
-        train_loss = window_loss / max(1, window_steps)
-        log(f"step {state['step']}: train loss {train_loss:.3f}, held-out accuracy "
-            f"{report['accuracy']:.1%} {groups} | "
-            + " ".join(f"{k} {v:.0%}" for k, v in report["per_type"].items()))
-        return report
 
     progress = _progress(plan.total_steps, disable=not ddp.main)
     started = time.perf_counter()
     seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
-    stage_losses: deque[float] = deque(maxlen=CURRICULUM_WINDOW)  # of the stage now training
     report = None
     with progress:
-        task = progress.add_task("train", total=plan.total_steps, completed=state["step"],
+        task = progress.add_task("train", total=plan.total_steps, completed=run.step,
                                  loss=float("nan"), rate=0.0)
-        while state["step"] < plan.total_steps:
+        while run.step < plan.total_steps:
             net.train()
-            stage = plan.stage(state["step"])
-            idx = plan.rows(state["step"])
+            stage = plan.stage(run.step)
+            idx = plan.rows(run.step)
             inputs = to_torch(train_split.batch(idx, tokenizer, mcfg.mean, mcfg.std,
                                                 share_images=True), device)
             target = torch.from_numpy(train_split.labels[idx]).to(device)
@@ -284,28 +350,20 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 loss = loss_fn(net(**inputs).float(), target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            # no gradient, so AdamW leaves them (and their decay) alone
-            frozen = [] if stage is None else held + (binding if stage > 0 else held_first)
-            for p in frozen:
+            for p in held_parameters(model, stage, cfg.freeze_binding):
                 p.grad = None
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            state["step"] += 1
+            run.step += 1
             value = loss.item()  # one host sync a step
-            if stage is not None and cfg.curriculum_loss:
-                if state["step"] - 1 == plan.bounds()[stage]:  # a new stage: a new window
-                    stage_losses.clear()
-                stage_losses.append(value if ddp.world == 1
-                                    else _mean_over_ranks(loss.detach(), ddp))
-                mean = sum(stage_losses) / CURRICULUM_WINDOW
-                if len(stage_losses) == CURRICULUM_WINDOW and mean < cfg.curriculum_loss:
-                    plan.end_stage(state["step"])
-                    progress.update(task, total=plan.total_steps)
-                    if ddp.main:
-                        log(f"curriculum stage {stage + 1} of {len(plan.stages)} "
-                            f"({', '.join(cfg.curriculum[stage])}) learned at step "
-                            f"{state['step']}: mean training loss {mean:.3f} over its last "
-                            f"{CURRICULUM_WINDOW} steps < --curriculum-loss {cfg.curriculum_loss}")
+            ended = monitor.observe(run.step, stage, loss, value)
+            if ended is not None:
+                progress.update(task, total=plan.total_steps)
+                if ddp.main:
+                    log(f"curriculum stage {stage + 1} of {len(plan.stages)} "
+                        f"({', '.join(cfg.curriculum[stage])}) learned at step {run.step}: mean "
+                        f"training loss {ended:.3f} over its last {CURRICULUM_WINDOW} steps < "
+                        f"--curriculum-loss {cfg.curriculum_loss}")
             sched.step()  # the rate of the next step, which may be the first on all rows
             seen += len(idx) * ddp.world
             now = time.perf_counter()
@@ -315,14 +373,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
                             rate=seen / max(now - window_start, 1e-9))
             out_of_time = (cfg.max_train_seconds is not None
                            and now - started > cfg.max_train_seconds)
-            if (state["step"] % eval_every == 0 or state["step"] in plan.bounds()[1:]
-                    or state["step"] >= plan.total_steps or out_of_time):
-                report = run_eval() if ddp.main else None
-                checkpoint(report)
+            if cadence.due(run.step, out_of_time):
+                report = None
+                if ddp.main:
+                    report = evaluate(model, val_split, tokenizer, mcfg, labels, device)
+                    log(_eval_line(run.step, window_loss / max(1, window_steps), report))
+                run.save(report)
                 seen, window_start, window_loss, window_steps = 0, time.perf_counter(), 0.0, 0
             if out_of_time:
                 if ddp.main:
-                    log(f"stopped at step {state['step']}/{plan.total_steps}: "
+                    log(f"stopped at step {run.step}/{plan.total_steps}: "
                         "--max-train-seconds reached")
                 break
     if ddp.world > 1:
@@ -332,9 +392,16 @@ def train(cfg: TrainConfig, log=print) -> dict:
             dist.broadcast(buf, 0)
     if ddp.main and report is not None:
         report["train_seconds"] = time.perf_counter() - started
-        report["steps"] = state["step"]
+        report["steps"] = run.step
     return {"report": report, "model": model, "labels": labels, "config": mcfg,
             "tokenizer": tokenizer}
+
+
+def _eval_line(step: int, train_loss: float, report: dict) -> str:
+    groups = " ".join(f"{k} {v:.1%}" for k, v in report["groups"].items())
+    return (f"step {step}: train loss {train_loss:.3f}, held-out accuracy "
+            f"{report['accuracy']:.1%} {groups} | "
+            + " ".join(f"{k} {v:.0%}" for k, v in report["per_type"].items()))
 
 
 def _mean_over_ranks(x: torch.Tensor, ddp: Dist) -> float:

@@ -81,13 +81,14 @@ def test_export_time_check_passed_on_two_batches_and_lengths(tiny_onnx):
 @pytest.mark.parametrize("batch", [1, 2, 7])
 @pytest.mark.parametrize("length", [1, 2, 9, 16])  # 16 = the tiny preset's max_length
 def test_dynamic_shapes_match_pytorch(ck, ort_runner, rows, batch, length):
-    from toolkit.export.onnx import torch_outputs
     from toolkit.export.samples import batch as make_batch
+    from toolkit.runtime.torch_runner import TorchRunner
 
     idx = np.arange(batch) % len(rows)
     feed = make_batch(ck, rows, idx, pad_to=length)
     assert feed["input_ids"].shape == (batch, length)
-    c = compare(torch_outputs(ck, feed), ort_runner.infer(feed), TOLERANCES[Precision.fp32])
+    with TorchRunner.from_checkpoint(ck) as torch_runner:
+        c = compare(torch_runner.infer(feed), ort_runner.infer(feed), TOLERANCES[Precision.fp32])
     c.raise_if_failed()
 
 

@@ -8,6 +8,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_seed_fp32_export(tmp_path):
+    import dataclasses
+
     import onnx
     import torch
 
@@ -18,9 +20,10 @@ def test_seed_fp32_export(tmp_path):
     from toolkit.model import DualModalNet
 
     torch.manual_seed(0)
-    cfg = preset("seed")
-    run = tmp_path / "seed"
     vocab = list(SPECIAL_TOKENS) + [f"w{i}" for i in range(100)]
+    base = preset("seed")  # a trained vocabulary sizes the embedding, as in toolkit train
+    cfg = dataclasses.replace(base, text=dataclasses.replace(base.text, vocab_size=len(vocab)))
+    run = tmp_path / "seed"
     write_run_files(run, cfg, {}, Tokenizer(vocab, cfg.text.max_length),
                     [f"c{i}" for i in range(cfg.num_classes)])
     save_weights(DualModalNet(cfg).eval(), run / "best.safetensors")

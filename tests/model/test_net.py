@@ -231,3 +231,20 @@ def test_relation_read_needs_the_cell_mlp_and_a_grid():
         preset("tiny", fusion_relation=16, fusion_cell_mlp=0)
     with pytest.raises(ConfigError, match="fusion_relation"):
         preset("tiny", fusion_relation=16, visual_tokens=VisualTokens.pooled)
+
+
+def test_cell_mlp_slope_keeps_a_gradient_where_relu_has_none():
+    from toolkit.model.fusion import CellReader
+
+    torch.manual_seed(0)
+    relu, leaky = CellReader(8, 2, 0.0, 16), CellReader(8, 2, 0.0, 16, slope=0.1)
+    leaky.load_state_dict(relu.state_dict())  # the same weights: only the activation differs
+    assert isinstance(leaky.mlp[1], torch.nn.LeakyReLU) and leaky.mlp[1].negative_slope == 0.1
+    v, ctx = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    pad = torch.zeros(2, 3, dtype=torch.bool)
+    for m in (relu, leaky):
+        with torch.no_grad():  # every first-layer unit off: a dead ReLU layer
+            m.mlp[0].bias.fill_(-1e3)
+        m(v, ctx, pad).sum().backward()
+    assert relu.mlp[0].weight.grad.abs().sum() == 0
+    assert leaky.mlp[0].weight.grad.abs().sum() > 0

@@ -29,7 +29,7 @@ def onnx_copy(tiny_onnx, tmp_path) -> Path:
 @pytest.fixture
 def fake_plan(tiny_onnx, tmp_path) -> Path:
     """A plan of fake bytes with a real sidecar (TensorRT is not needed to check either)."""
-    from toolkit.engines.tensorrt import read_onnx_metadata
+    from toolkit.artifacts import read_onnx_metadata
     from toolkit.runtime.cuda_mem import GpuInfo
     from toolkit.runtime.trt_plan import ProfileConfig, profile_shapes, write_sidecar
 

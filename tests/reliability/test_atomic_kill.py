@@ -146,7 +146,7 @@ def _still_loads(kind: str, path: Path) -> None:
 
         assert set(load_file(str(path))) == {"weight", "bias"}
     elif kind == "onnx":
-        from toolkit.engines.tensorrt import read_onnx_metadata
+        from toolkit.artifacts import read_onnx_metadata
 
         assert read_onnx_metadata(path).labels
     elif kind in ("sidecar", "bench-json"):

@@ -215,7 +215,8 @@ def test_nan_image_feed_gives_nan_logits_that_compare_refuses(predictor):
     ok = predictor.infer(feed)
     feed["image"][:] = np.nan
     bad = predictor.infer(feed)
-    assert not compare({"logits": ok}, {"logits": bad}, Tolerance(max_abs=1.0)).passed
+    c = compare({"logits": ok}, {"logits": bad}, Tolerance(atol=1.0))
+    assert not c.passed and "non-finite" in c.failures[0]
 
 
 # ------------------------------------------------------------------ output paths

@@ -72,7 +72,7 @@ logits = st.integers(1, 8).flatmap(
 @given(logits)
 def test_compare_of_identical_outputs_passes_any_tolerance(x):
     c = compare({"logits": x}, {"logits": x.copy()},
-                Tolerance(max_abs=0.0, min_cosine=1.0 - 1e-6, min_top1=1.0))
+                Tolerance(atol=0.0, min_cosine=1.0 - 1e-6, min_top1=1.0))
     assert c.passed and c.outputs[0].max_abs == 0.0 and c.n == x.shape[0]
 
 
@@ -82,12 +82,29 @@ def test_compare_detects_a_shift_over_the_bound(x, shift):
     y = x.copy()
     y[0, 0] += np.float32(shift)
     shifted = float(np.abs(y.astype(np.float64) - x).max())
-    c = compare({"logits": x}, {"logits": y}, Tolerance(max_abs=shifted / 2))
+    c = compare({"logits": x}, {"logits": y}, Tolerance(atol=shifted / 2))
     assert not c.passed
-    assert compare({"logits": x}, {"logits": y}, Tolerance(max_abs=shifted * 2)).passed
+    assert compare({"logits": x}, {"logits": y}, Tolerance(atol=shifted * 2)).passed
     # symmetric in its statistics
     d = compare({"logits": y}, {"logits": x}, Tolerance())
     assert d.outputs[0].max_abs == pytest.approx(c.outputs[0].max_abs)
+
+
+@FAST
+@given(logits, st.floats(1e-3, 10.0))
+def test_compare_bound_scales_with_the_reference_range(x, shift):
+    """rtol is relative to the reference's range: the same shift passes a bound of half of it
+    made of rtol x range, and fails a bound of half of it."""
+    y = x.copy()
+    y[0, 0] += np.float32(shift)
+    shifted = float(np.abs(y.astype(np.float64) - x).max())
+    scale = float(x.max() - x.min())
+    if shifted == 0.0 or scale == 0.0:  # a shift lost to float32 rounding, or a constant row
+        return
+    c = compare({"logits": x}, {"logits": y}, Tolerance(atol=0.0, rtol=2 * shifted / scale))
+    assert c.passed and c.outputs[0].scale == pytest.approx(scale)
+    assert not compare({"logits": x}, {"logits": y},
+                       Tolerance(atol=0.0, rtol=shifted / scale / 2)).passed
 
 
 @FAST
@@ -95,7 +112,7 @@ def test_compare_detects_a_shift_over_the_bound(x, shift):
 def test_compare_never_passes_non_finite(x, bad):
     y = x.copy()
     y[-1, -1] = bad
-    assert not compare({"logits": x}, {"logits": y}, Tolerance(max_abs=1e9)).passed
+    assert not compare({"logits": x}, {"logits": y}, Tolerance(atol=1e9)).passed
 
 
 @FAST
@@ -109,4 +126,4 @@ def test_compare_refuses_other_shapes_and_names(x):
 
 def test_compare_refuses_empty_outputs():
     with pytest.raises(ParityError, match="empty"):
-        compare({"logits": np.zeros((0, 5))}, {"logits": np.zeros((0, 5))}, Tolerance(max_abs=1))
+        compare({"logits": np.zeros((0, 5))}, {"logits": np.zeros((0, 5))}, Tolerance(atol=1))

@@ -78,7 +78,7 @@ READERS = ("predictor", "ort-runner", "onnx-metadata", "graph-load", "cli-parity
 
 
 def _read(reader, path, tiny_run):
-    from toolkit.engines.tensorrt import read_onnx_metadata
+    from toolkit.artifacts import read_onnx_metadata
     from toolkit.export import graph
     from toolkit.runtime import Predictor
     from toolkit.runtime.ort_runner import OnnxRuntimeRunner

@@ -38,9 +38,10 @@ def test_feed_is_checked_before_the_backend(tiny_onnx):
 
 
 def test_not_onnx_file_is_a_clear_error(tmp_path):
+    # bytes that are no protobuf message: the toolkit's own reader (onnx_file) refuses them
     p = tmp_path / "model.onnx"
     p.write_text("this is not a model")
-    with pytest.raises(RunnerError, match="model.onnx is not a loadable ONNX model.*export"):
+    with pytest.raises(RunnerError, match="model.onnx is not a readable ONNX model.*export"):
         OnnxRuntimeRunner(p).activate()
 
 
@@ -48,7 +49,15 @@ def test_truncated_file_is_a_clear_error(tiny_onnx, tmp_path):
     p = tmp_path / "cut.onnx"
     data = tiny_onnx.path.read_bytes()
     p.write_bytes(data[: len(data) // 2])
-    with pytest.raises(RunnerError, match="cut.onnx is not a loadable ONNX model"):
+    with pytest.raises(RunnerError, match="cut.onnx is not a readable ONNX model"):
+        OnnxRuntimeRunner(p).activate()
+
+
+def test_a_message_without_a_graph_is_refused_by_onnx_runtime(tmp_path):
+    # an empty file is a valid (empty) protobuf message: the reader passes it, ONNX Runtime refuses
+    p = tmp_path / "empty.onnx"
+    p.write_bytes(b"")
+    with pytest.raises(RunnerError, match="empty.onnx is not a loadable ONNX model.*export"):
         OnnxRuntimeRunner(p).activate()
 
 

@@ -46,6 +46,10 @@ def test_onnx_matches_the_runner_and_torch(onnx_predictor, tiny_run, tiny_data):
         ref = torch_pred.predict(images, texts, return_logits=True)
     assert torch_pred.backend.value == "torch"
     np.testing.assert_allclose(res.logits, ref.logits, atol=1e-4)
+    # A run directory describes itself with the record its FP32 export carries (model_config too).
+    exported = onnx_predictor.metadata
+    assert torch_pred.metadata.model_config == exported.model_config != {}
+    assert torch_pred.metadata.source_sha256 == exported.source_sha256
 
 
 def test_batches_and_input_kinds_agree(onnx_predictor, tiny_data):

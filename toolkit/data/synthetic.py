@@ -85,16 +85,24 @@ def answer(scene: Scene, qtype: str, colour: str) -> str:
         return "left" if x < half else "right"
     if qtype == "vertical":
         return "top" if y < half else "bottom"
-    d = np.linalg.norm(scene.centers - scene.centers[i], axis=1).astype(np.float64)
     if qtype == "count":
         return str(sum(s == scene.shapes[i] for s in scene.shapes))
+    if qtype in ("closest", "furthest"):
+        return scene.shapes[answer_object(scene, qtype, colour)]
+    raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
+
+
+def answer_object(scene: Scene, qtype: str, colour: str) -> int:
+    """The index of the object whose shape answers a closest/furthest question about `colour`."""
+    i = scene.colours.index(colour)
+    d = np.linalg.norm(scene.centers - scene.centers[i], axis=1).astype(np.float64)
     if qtype == "closest":
         d[i] = np.inf
-        return scene.shapes[int(np.argmin(d))]
+        return int(np.argmin(d))
     if qtype == "furthest":
         d[i] = -np.inf
-        return scene.shapes[int(np.argmax(d))]
-    raise ValueError(f"unknown question type {qtype!r}; known: {', '.join(QUESTION_TYPES)}")
+        return int(np.argmax(d))
+    raise ValueError(f"only closest and furthest questions have an answer object, not {qtype!r}")
 
 
 def _unambiguous(centers: np.ndarray, size: int, radius: int) -> bool:
@@ -127,14 +135,26 @@ def random_scene(rng: np.random.Generator, size: int) -> Scene:
 def render(scene: Scene) -> Image.Image:
     img = Image.new("RGB", (scene.size, scene.size), (255, 255, 255))
     draw = ImageDraw.Draw(img)
-    r = scene.radius
-    for colour, (x, y), shape in zip(scene.colours, scene.centers.tolist(), scene.shapes):
-        box = (x - r, y - r, x + r, y + r)
-        if shape == "square":
-            draw.rectangle(box, fill=COLOURS[colour])
-        else:
-            draw.ellipse(box, fill=COLOURS[colour])
+    for i, colour in enumerate(scene.colours):
+        _draw_object(draw, scene, i, COLOURS[colour])
     return img
+
+
+def object_mask(scene: Scene, i: int) -> np.ndarray:
+    """(size, size) bool: the pixels object `i` covers, drawn as `render` draws it."""
+    img = Image.new("L", (scene.size, scene.size), 0)
+    _draw_object(ImageDraw.Draw(img), scene, i, 255)
+    return np.asarray(img) > 0
+
+
+def _draw_object(draw: ImageDraw.ImageDraw, scene: Scene, i: int, fill) -> None:
+    x, y = scene.centers[i].tolist()
+    r = scene.radius
+    box = (x - r, y - r, x + r, y + r)
+    if scene.shapes[i] == "square":
+        draw.rectangle(box, fill=fill)
+    else:
+        draw.ellipse(box, fill=fill)
 
 
 def questions(scene: Scene, rng: np.random.Generator, cfg: DataConfig) -> list[dict[str, str]]:

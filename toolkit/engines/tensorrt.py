@@ -1,6 +1,6 @@
 """Build a TensorRT plan from an exported ONNX model, and inspect one.
 
-Precision lives in the ONNX graph (DESIGN.md): the network is created STRONGLY_TYPED on TensorRT 10
+Precision lives in the ONNX graph (docs/architecture.md): the network is created STRONGLY_TYPED on TensorRT 10
 and 11 alike, with `1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)` (the enum's own
 value: 1 on 10.x, 0 on 11.x where strong typing is always on; NVIDIA's samples/python/
 introductory_parser_samples/onnx_resnet50.py does the same). No precision builder flags, no INT8
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import METADATA_KEY, ArtifactMetadata, write_bytes
+from toolkit.artifacts import read_onnx_metadata, write_bytes
 from toolkit.config import HardwareCompat
 from toolkit.errors import ToolkitError
 from toolkit.runtime.cuda_mem import device_info
@@ -63,27 +63,6 @@ def _validate(cfg: BuildConfig) -> None:
         raise ToolkitError(f"--dla-core {cfg.dla_core} must be 0 or more")
     if not Path(cfg.onnx).is_file():
         raise ToolkitError(f"{cfg.onnx} does not exist; export one with toolkit export")
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> ArtifactMetadata:
-    """The ArtifactMetadata record `toolkit export` stores in the model's metadata_props."""
-    try:
-        import onnx
-    except ImportError as e:
-        raise ToolkitError("reading the ONNX model's metadata needs the onnx package: "
-                           "pip install onnx") from e
-    from toolkit.onnx_file import check_external_data
-
-    check_external_data(path)  # also guards the TensorRT parser, which reads the same file next
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise ToolkitError(f"{path} is not a readable ONNX model ({type(e).__name__})") from e
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise ToolkitError(f"{path} carries no {METADATA_KEY!r} metadata: it was not written by "
-                           f"toolkit export; export the model with toolkit export")
-    return ArtifactMetadata.from_json(props[METADATA_KEY], source=str(path))
 
 
 def format_parser_error(error) -> str:

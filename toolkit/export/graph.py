@@ -38,11 +38,8 @@ def set_metadata(model, meta: ArtifactMetadata) -> None:
 
 
 def get_metadata(model, source: str = "model") -> ArtifactMetadata:
-    for p in model.metadata_props:
-        if p.key == METADATA_KEY:
-            return ArtifactMetadata.from_json(p.value, source)
-    raise ExportError(f"{source} has no {METADATA_KEY} metadata; it was not written by "
-                      "`toolkit export`: export it again")
+    """The record of an in-memory ModelProto (a file: artifacts.read_onnx_metadata)."""
+    return ArtifactMetadata.from_props({p.key: p.value for p in model.metadata_props}, source)
 
 
 def save(model, path: str | Path) -> Path:

@@ -1,8 +1,7 @@
 """FP32 ONNX -> INT8 QDQ ONNX with ONNX Runtime's static quantization, for two targets.
 
 API and options from onnxruntime.quantization.quantize_static's docstring and ORT's quantization
-page (onnxruntime.ai/docs/performance/model-optimizations/quantization.html; summarized in
-shared/reference/export-quant.md section 2): "If model is targeted to GPU/TRT, symmetric activation
+page (onnxruntime.ai/docs/performance/model-optimizations/quantization.html): "If model is targeted to GPU/TRT, symmetric activation
 and weight are required. If model is targeted to CPU, asymmetric activation and symmetric weight
 are recommended."
 """

@@ -1,10 +1,12 @@
 """PyTorch -> ONNX FP32 with torch.onnx's dynamo exporter.
 
-Facts relied on (shared/reference/export-quant.md section 1): `dynamo=True` is the default and the
-TorchScript exporter is deprecated; string names in `dynamic_shapes` become dynamic dims renamed to
-those names; an example batch or sequence of 1 lets the exporter specialize the axis (0/1
-specialization), so the example uses batch 3 and a sequence of another size >= 2; the exporter
-writes external data by default, so the in-memory ModelProto is saved here as one file.
+Facts relied on (torch.onnx.export's docstring and docs.pytorch.org/docs/stable/onnx_dynamo.html;
+the default changed in github.com/pytorch/pytorch/pull/159646): `dynamo=True` is the default and
+the TorchScript exporter is deprecated; string names in `dynamic_shapes` become dynamic dims renamed
+to those names; an example batch or sequence of 1 lets the exporter specialize the axis ("0/1
+specialization", docs.pytorch.org/docs/stable/export.html), so the example uses batch 3 and a
+sequence of another size >= 2; the exporter writes external data by default, so the in-memory
+ModelProto is saved here as one file.
 """
 
 from __future__ import annotations
@@ -13,14 +15,11 @@ import contextlib
 import io
 import warnings
 
-import numpy as np
-
+from toolkit.artifacts import INPUT_NAMES, OUTPUT_NAMES
 from toolkit.export.graph import ExportError
 
-INPUTS = ("image", "input_ids", "attention_mask")
-OUTPUTS = ("logits",)
-DYNAMIC = {"image": {0: "batch"}, "input_ids": {0: "batch", 1: "seq"},
-           "attention_mask": {0: "batch", 1: "seq"}}
+_IMAGE, _IDS, _MASK = INPUT_NAMES
+DYNAMIC = {_IMAGE: {0: "batch"}, _IDS: {0: "batch", 1: "seq"}, _MASK: {0: "batch", 1: "seq"}}
 
 
 def example_inputs(ck):
@@ -50,7 +49,8 @@ def to_onnx(ck, opset: int):
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(ck.model.eval(), example_inputs(ck), dynamo=True,
-                                        input_names=list(INPUTS), output_names=list(OUTPUTS),
+                                        input_names=list(INPUT_NAMES),
+                                        output_names=list(OUTPUT_NAMES),
                                         dynamic_shapes=DYNAMIC, opset_version=opset,
                                         external_data=False, verbose=False)
     except Exception as e:
@@ -67,9 +67,10 @@ def check_io(model, ck) -> None:
     (a specialized axis would silently accept only the example's size)."""
     from onnx import TensorProto
 
-    want = {"image": (TensorProto.FLOAT, ["batch", 3, ck.config.image_size, ck.config.image_size]),
-            "input_ids": (TensorProto.INT64, ["batch", "seq"]),
-            "attention_mask": (TensorProto.INT64, ["batch", "seq"])}
+    s = ck.config.image_size
+    want = {_IMAGE: (TensorProto.FLOAT, ["batch", 3, s, s]),
+            _IDS: (TensorProto.INT64, ["batch", "seq"]),
+            _MASK: (TensorProto.INT64, ["batch", "seq"])}
     got = {}
     for i in model.graph.input:
         t = i.type.tensor_type
@@ -78,13 +79,6 @@ def check_io(model, ck) -> None:
         raise ExportError(f"exported inputs {got} differ from the contract {want}; the exporter "
                           "specialized an axis or renamed an input")
     outs = [o.name for o in model.graph.output]
-    if outs != list(OUTPUTS):
-        raise ExportError(f"exported outputs {outs}, expected {list(OUTPUTS)}")
+    if outs != list(OUTPUT_NAMES):
+        raise ExportError(f"exported outputs {outs}, expected {list(OUTPUT_NAMES)}")
 
-
-def torch_outputs(ck, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    import torch
-
-    with torch.inference_mode():
-        logits = ck.model(**{k: torch.from_numpy(v) for k, v in feed.items()})
-    return {"logits": logits.float().numpy()}

@@ -1,9 +1,9 @@
 """`export(ExportConfig)`: checkpoint -> FP32 ONNX -> (FP16 | INT8) ONNX, each step checked.
 
 PyTorch is exported once, in FP32; FP16 and INT8 are ONNX-to-ONNX transforms of that graph
-(DESIGN.md principle 1). Every written file carries ArtifactMetadata, passes onnx.checker, and is
-compared with PyTorch on real rows before it is renamed into place: on any failure nothing is left
-at the output path.
+(docs/architecture.md, "precision lives in the ONNX graph"). Every written file carries
+ArtifactMetadata, passes onnx.checker, and is compared with PyTorch on real rows before it is
+renamed into place: on any failure nothing is left at the output path.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import __version__
-from toolkit.artifacts import ArtifactMetadata, atomic_path, sha256
-from toolkit.compare import Comparison, compare
-from toolkit.config import TOLERANCES, ExportConfig, Precision, to_dict
+from toolkit.artifacts import ArtifactMetadata, atomic_path, read_onnx_metadata, sha256
+from toolkit.compare import Comparison
+from toolkit.config import TOLERANCES, ExportConfig, Precision
 from toolkit.export import graph, samples
 from toolkit.export.graph import ExportError
 
@@ -38,31 +37,16 @@ def default_out(precision: Precision, target: str | None = None) -> Path:
     return Path("export") / f"model{suffix}.onnx"
 
 
-def _metadata(ck, precision: Precision, extra: dict) -> ArtifactMetadata:
-    return ArtifactMetadata(labels=list(ck.labels), image_size=ck.config.image_size,
-                            mean=list(ck.config.mean), std=list(ck.config.std),
-                            vocab=list(ck.tokenizer.vocab), max_length=ck.config.text.max_length,
-                            precision=precision.value, source_sha256=sha256(ck.weights),
-                            toolkit_version=__version__, model_config=to_dict(ck.config),
-                            extra=extra)
-
-
 def check_against_torch(ck, path: Path, feeds: list[dict[str, np.ndarray]], tolerance,
                         labels: np.ndarray | None = None) -> Comparison:
-    """Run `path` in ONNX Runtime (CPU) and the checkpoint in PyTorch on the same feeds; the logits
-    of all feeds (several batch sizes and lengths) are compared together."""
-    from toolkit.export.onnx import torch_outputs
+    """`path` in ONNX Runtime (CPU) against the checkpoint in PyTorch on the same feeds (several
+    batch sizes and lengths, compared together): toolkit.verify's one path."""
     from toolkit.runtime.ort_runner import OnnxRuntimeRunner
+    from toolkit.runtime.torch_runner import TorchRunner
+    from toolkit.verify import verify
 
-    ref, cand = [], []
-    with OnnxRuntimeRunner(path) as runner:
-        dtype = runner.input_specs()["image"].dtype  # FP16 I/O graphs take FP16 images
-        for feed in feeds:
-            ref.append(torch_outputs(ck, feed)["logits"])
-            out = runner.infer({**feed, "image": feed["image"].astype(dtype)})
-            cand.append(out["logits"].astype(np.float32))
-    return compare({"logits": np.concatenate(ref)}, {"logits": np.concatenate(cand)},
-                   tolerance, labels)
+    return verify(TorchRunner.from_checkpoint(ck), OnnxRuntimeRunner(path), feeds, tolerance,
+                  labels)
 
 
 def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
@@ -82,7 +66,7 @@ def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
     checks: dict = {}
     if cfg.fp32_source:  # PyTorch was exported before: transform that graph
         fp32_path, owned = reuse_fp32(ck, Path(cfg.fp32_source)), False
-        extra = graph.get_metadata(graph.load(fp32_path), str(fp32_path)).extra
+        extra = read_onnx_metadata(fp32_path).extra
         log(f"transforming {fp32_path} (FP32, same weights as {ck.weights})")
     else:
         fp32_path = out if cfg.precision is Precision.fp32 else graph.tmp_sibling(out, "fp32")
@@ -107,7 +91,7 @@ def _export_fp32(ck, cfg: ExportConfig, fp32_path: Path, feeds, real_rows: bool,
     model = torch_onnx.to_onnx(ck, cfg.opset)
     extra = {"exporter": "torch.onnx dynamo", "opset": cfg.opset,
              "checked_on": "dataset rows" if real_rows else "generated inputs"}
-    graph.set_metadata(model, _metadata(ck, Precision.fp32, extra))
+    graph.set_metadata(model, ArtifactMetadata.for_checkpoint(ck, Precision.fp32, extra))
     with atomic_path(fp32_path) as tmp:  # nothing at fp32_path unless the check passes
         graph.save(model, tmp)
         cmp = check_against_torch(ck, tmp, feeds, TOLERANCES[Precision.fp32])
@@ -118,7 +102,7 @@ def _export_fp32(ck, cfg: ExportConfig, fp32_path: Path, feeds, real_rows: bool,
 
 def reuse_fp32(ck, path: Path) -> Path:
     """An existing FP32 export, if it was made from exactly these weights."""
-    meta = graph.get_metadata(graph.load(path), str(path))
+    meta = read_onnx_metadata(path)
     if meta.precision != Precision.fp32.value:
         raise ExportError(f"{path} is a {meta.precision} model; --from-onnx needs the FP32 export")
     if meta.source_sha256 != sha256(ck.weights):
@@ -133,8 +117,8 @@ def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra):
     keep = fp16.DEFAULT_KEEP_FP32 + tuple(o.value for o in cfg.exclude_op_types)
     model = fp16.convert(graph.load(fp32_path), keep_fp32=keep, fp16_io=cfg.fp16_io)
     checks = fp16.check_fp16(model, keep)
-    graph.set_metadata(model, _metadata(ck, Precision.fp16,
-                                        {**extra, "fp16_io": cfg.fp16_io, **checks}))
+    graph.set_metadata(model, ArtifactMetadata.for_checkpoint(
+        ck, Precision.fp16, {**extra, "fp16_io": cfg.fp16_io, **checks}))
     with atomic_path(out) as tmp:
         graph.save(model, tmp)
         cmp = check_against_torch(ck, tmp, feeds, TOLERANCES[Precision.fp16])
@@ -162,7 +146,7 @@ def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batch
         int8.quantize(fp32_path, tmp, batches, q.target, q.method, cfg.exclude_op_types)
         model = graph.load(tmp)
         checks = int8.check_qdq(model, q.target, cfg.exclude_op_types)
-        graph.set_metadata(model, _metadata(ck, Precision.int8, {
+        graph.set_metadata(model, ArtifactMetadata.for_checkpoint(ck, Precision.int8, {
             **extra, "target": q.target.value, "calib_method": q.method.value,
             "calib_samples": q.samples,
             "exclude_op_types": [o.value for o in cfg.exclude_op_types], **checks}))

@@ -14,6 +14,11 @@ cannot express. Measured on the embedded dataset (bench/training.md): with the r
 LayerNorm of the seed's attention the question's object was found late or never; with the MLP's
 output replacing the cell, and the curriculum of `toolkit train`, within 70-100k training questions.
 
+With plain ReLUs a colour whose units all started off, or were pushed off early, gets no gradient
+again: on some seeds one colour's questions stayed unbound through the curriculum (the MLP's output
+on them was about 0.1% of the other colours'). `fusion_cell_slope` makes the units leaky; measured
+in bench/training.md, it did not make the binding reliable across seeds, so `small` keeps ReLUs.
+
 The cells are summed, not averaged: "how many objects share its shape" is a count.
 
 The MLP also silences the cells a question does not name, so nothing but the named object would
@@ -63,13 +68,17 @@ class CrossAttention(nn.Module):
 class CellReader(nn.Module):
     """Cells attend to the question, then a ReLU MLP on [cell, what it read] replaces each cell."""
 
-    def __init__(self, dim: int, heads: int, dropout: float, hidden: int):
+    def __init__(self, dim: int, heads: int, dropout: float, hidden: int, slope: float = 0.0):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+
+        def act() -> nn.Module:
+            return nn.LeakyReLU(slope) if slope else nn.ReLU()
+
         self.mlp = nn.Sequential(
-            nn.Linear(2 * dim, hidden), nn.ReLU(),
-            nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, dim), nn.ReLU(),
+            nn.Linear(2 * dim, hidden), act(),
+            nn.Linear(hidden, hidden), act(),
+            nn.Linear(hidden, dim), act(),
         )
 
     def forward(self, v: torch.Tensor, ctx: torch.Tensor, ctx_pad: torch.Tensor) -> torch.Tensor:
@@ -109,6 +118,16 @@ class RelationRead(nn.Module):
 
     def forward(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
                 xy: torch.Tensor) -> torch.Tensor:
+        b, n, d = cells.shape
+        pick = self.choose(cells, kept, question, xy)  # (B, N, H)
+        values = self.value(cells).view(b, n, self.heads, d // self.heads)  # (B, N, H, D/H)
+        read = torch.einsum("bnh,bnhe->bhe", pick, values).reshape(b, d)  # (B, D)
+        return self.out(read)  # (B, D)
+
+    def choose(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
+               xy: torch.Tensor) -> torch.Tensor:
+        """Each head's softmax over the cells (B, N, H); a method of its own so that
+        toolkit.explain can show it without changing the forward pass."""
         # cells: (B, N, D) as they entered the fusion; kept: (B, N, D) the cell MLP's output;
         # question: (B, D); xy: (N, 2) cell centres in [-1, 1]
         b, n, d = cells.shape
@@ -123,17 +142,15 @@ class RelationRead(nn.Module):
                                       dim=-1))  # (B, N, H)
         gate = self.gate(question).view(b, self.heads, self.GEOMETRY)  # (B, H, 4)
         scores = scores + torch.einsum("bng,bhg->bnh", geometry, gate)  # (B, N, H)
-        pick = scores.softmax(dim=1)  # (B, N, H): each head's choice of cells
-        values = self.value(cells).view(b, n, self.heads, d // self.heads)  # (B, N, H, D/H)
-        read = torch.einsum("bnh,bnhe->bhe", pick, values).reshape(b, d)  # (B, D)
-        return self.out(read)  # (B, D)
+        return scores.softmax(dim=1)  # (B, N, H): each head's choice of cells
 
 
 class BidirectionalBlock(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.fusion_cell_mlp:
-            self.visual_to_text = CellReader(cfg.dim, cfg.heads, cfg.dropout, cfg.fusion_cell_mlp)
+            self.visual_to_text = CellReader(cfg.dim, cfg.heads, cfg.dropout, cfg.fusion_cell_mlp,
+                                            cfg.fusion_cell_slope)
         else:
             self.visual_to_text = CrossAttention(cfg.dim, cfg.heads, cfg.dropout)
         self.text_to_visual = CrossAttention(cfg.dim, cfg.heads, cfg.dropout)

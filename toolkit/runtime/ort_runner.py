@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.artifacts import INPUT_NAMES
 from toolkit.runtime.base import Runner, RunnerError, TensorSpec
 
 # ONNX tensor type strings as ONNX Runtime reports them -> numpy dtypes.
@@ -45,7 +46,7 @@ class TensorrtEPOptions:
         return opts
 
 
-EXPECTED_INPUTS = ("image", "input_ids", "attention_mask")
+EXPECTED_INPUTS = INPUT_NAMES
 
 
 class OnnxRuntimeRunner(Runner):
@@ -82,9 +83,12 @@ class OnnxRuntimeRunner(Runner):
             raise RunnerError(f"{self.path}: execution provider(s) {missing} are not in this "
                               f"onnxruntime build (it has {sorted(available)}); install "
                               "onnxruntime-gpu for CUDA/TensorRT or use the CPU provider")
-        from toolkit.onnx_file import check_external_data
+        from toolkit.onnx_file import UnsafeOnnxError, check_external_data
 
-        check_external_data(self.path)  # before ONNX Runtime opens anything the file points to
+        try:  # before ONNX Runtime opens anything the file points to
+            check_external_data(self.path)
+        except UnsafeOnnxError as e:  # every activation failure is a RunnerError
+            raise RunnerError(str(e)) from e
         so = ort.SessionOptions()
         if self.threads:
             so.intra_op_num_threads = self.threads
@@ -123,14 +127,11 @@ class OnnxRuntimeRunner(Runner):
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def artifact_metadata(self):
-        """The toolkit's ArtifactMetadata record; a RunnerError if the model carries none."""
-        from toolkit.artifacts import METADATA_KEY, ArtifactMetadata
+        """The toolkit's ArtifactMetadata record, read through the session (no onnx package
+        needed); an ArtifactError if the model carries none."""
+        from toolkit.artifacts import ArtifactMetadata
 
-        props = self.metadata()
-        if METADATA_KEY not in props:
-            raise RunnerError(f"{self.path} has no {METADATA_KEY} metadata; it was not written by "
-                              "`toolkit export`: export it again")
-        return ArtifactMetadata.from_json(props[METADATA_KEY], str(self.path))
+        return ArtifactMetadata.from_props(self.metadata(), str(self.path))
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.session.run(None, feed)

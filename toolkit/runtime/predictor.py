@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit.artifacts import ArtifactMetadata
+from toolkit.artifacts import OUTPUT_NAMES, ArtifactMetadata
 from toolkit.config import Device
 from toolkit.data.preprocess import ImageInput, Tokenizer, load_image, normalize
 from toolkit.errors import ToolkitError
@@ -170,7 +170,7 @@ class Predictor:
         """Logits for a prepared feed (compute only), serialized where the backend needs it."""
         with self._lock:
             out = self.runner.infer(feed)
-        return np.asarray(out["logits"], dtype=np.float32)
+        return np.asarray(out[OUTPUT_NAMES[0]], dtype=np.float32)
 
     def predict(self, images: Sequence[ImageInput], texts: Sequence[str], batch_size: int = 32,
                 return_logits: bool = False) -> Prediction:
@@ -291,23 +291,10 @@ def _load_run(cls, path: Path, device: Device, providers, threads) -> Predictor:
     runner = TorchRunner(path, device=device.value)
     runner.activate()
     try:
-        return cls(runner, run_metadata(runner.ck), Backend.torch, path)
+        return cls(runner, ArtifactMetadata.for_checkpoint(runner.ck), Backend.torch, path)
     except BaseException:
         runner.deactivate()
         raise
-
-
-def run_metadata(ck) -> ArtifactMetadata:
-    """The record an export of this checkpoint would carry (precision fp32)."""
-    from toolkit import __version__
-    from toolkit.artifacts import sha256
-
-    cfg = ck.config
-    return ArtifactMetadata(labels=list(ck.labels), image_size=cfg.image_size,
-                            mean=list(cfg.mean), std=list(cfg.std),
-                            vocab=list(ck.tokenizer.vocab), max_length=cfg.text.max_length,
-                            precision="fp32", source_sha256=sha256(ck.weights),
-                            toolkit_version=__version__)
 
 
 def _json(obj) -> str:
