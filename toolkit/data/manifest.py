@@ -50,8 +50,9 @@ def resolve_manifest(data: str | Path, split: str) -> Path:
     return p
 
 
-def read_manifest(path: str | Path) -> list[Row]:
-    """Parse rows; structural problems (bad JSON, missing columns) fail at once with the line."""
+def read_records(path: str | Path) -> list[tuple[int, dict]]:
+    """A manifest's rows as (line number, record), each with image, text and label; structural
+    problems (encoding, bad JSON, missing columns, no rows) fail at once with the line."""
     path = Path(path)
     if path.suffix.lower() not in (".jsonl", ".csv"):
         raise DataError(f"{path}: unknown manifest format {path.suffix!r}; use .jsonl or .csv")
@@ -81,6 +82,13 @@ def read_manifest(path: str | Path) -> list[Row]:
                 records.append((i, rec))
     if not records:
         raise DataError(f"{path} has zero rows; a manifest needs at least one image,text,label row")
+    return records
+
+
+def read_manifest(path: str | Path) -> list[Row]:
+    """Parse rows; structural problems (bad JSON, missing columns) fail at once with the line."""
+    path = Path(path)
+    records = read_records(path)
     base = path.parent
     images: dict[str, Path] = {}  # one Path per file: datasets ask several questions per image
     for _, r in records:
