@@ -27,13 +27,19 @@ DEMO_CURRICULUM ?= 3000
 # (bench/training.md) and catch a model that answers from image statistics alone.
 DEMO_MIN_GROUP ?= 70
 DEMO_MIN_TYPE ?= 60
+# The tritonserver binary (2.51) and Triton's Python backend for tests/triton/test_triton_server.py,
+# from nvidia-pytriton's wheel, installed without its dependencies into its own folder: its Python
+# API, which the toolkit does not use, pins numpy<2 (pyproject.toml's `serve` extra says more).
+PYTRITON ?= nvidia-pytriton==0.7.0
 
 .PHONY: demo test clean-demo
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[train,export,plot,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[train,export,plot,dev,serve]'
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(VENV)/nvidia-pytriton \
+	  '$(PYTRITON)'
 	touch $(STAMP)
 
 $(DATA)/dataset.json: | $(STAMP)
