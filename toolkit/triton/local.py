@@ -7,7 +7,10 @@ LD_LIBRARY_PATH with the wheel's nvidia_pytriton.libs, (b) a backend directory w
 libtriton_python.so, triton_python_backend_utils.py and the stub built for this Python
 (python_backend_stubs/3.X/triton_python_backend_stub; the stub's own RPATH points into the wheel,
 so the libraries are named on LD_LIBRARY_PATH for it too), and (c) models that put the
-virtual environment's site-packages on sys.path (toolkit triton --python-path).
+virtual environment's site-packages on sys.path (toolkit triton --python-path). (d) The 2.51 stub's
+tensors break under numpy 2 (a BYTES input arrived as 0xd4d4d4d4 garbage here; PyTriton pins
+numpy<2 for this reason), so a numpy 1.x sits in the wheel's folder under stub-site-packages/, for
+the Python models' sys.path ahead of the virtual environment (stub_python_path).
 Server flags: `tritonserver --help` of that binary.
 """
 
@@ -30,8 +33,10 @@ from pathlib import Path
 from toolkit.errors import ToolkitError
 
 ENV_DIR = "TOOLKIT_PYTRITON_DIR"  # a folder holding pytriton/ and nvidia_pytriton.libs/
-INSTALL_HINT = ("pip install --no-deps --target .venv/nvidia-pytriton nvidia-pytriton==0.7.0 "
-                "(what `make test` does)")
+STUB_SITE = "stub-site-packages"
+INSTALL_HINT = ("pip install --no-deps --target .venv/nvidia-pytriton nvidia-pytriton==0.7.0 && "
+                "pip install --no-deps --target .venv/nvidia-pytriton/stub-site-packages "
+                "numpy==1.26.4 (what `make test` does)")
 
 
 class TritonServerUnavailable(ToolkitError):
@@ -49,6 +54,12 @@ class ServerFiles:
     libs: Path
     python_backend: Path  # libtriton_python.so and triton_python_backend_utils.py
     stub: Path  # triton_python_backend_stub for this Python
+    stub_site: Path  # numpy 1.x for the stub's interpreter (see the module docstring, (d))
+
+    def stub_python_path(self, *more: str | os.PathLike) -> list[str]:
+        """sys.path entries for a Python model here: the stub's numpy 1.x first, then `more`
+        (the toolkit's folder, the virtual environment's site-packages)."""
+        return [str(self.stub_site), *map(str, more)]
 
 
 def _candidates() -> list[Path]:
@@ -75,13 +86,14 @@ def find_server(python: str | None = None) -> ServerFiles:
         files = ServerFiles(root, binary, root / "nvidia_pytriton.libs",
                             root / "pytriton" / "tritonserver" / "backends" / "python",
                             root / "pytriton" / "tritonserver" / "python_backend_stubs" / python /
-                            "triton_python_backend_stub")
+                            "triton_python_backend_stub", root / STUB_SITE)
         missing = [p for p in (files.libs, files.python_backend / "libtriton_python.so",
-                               files.python_backend / "triton_python_backend_utils.py", files.stub)
+                               files.python_backend / "triton_python_backend_utils.py", files.stub,
+                               files.stub_site / "numpy")
                    if not p.exists()]
         if missing:
             raise TritonServerUnavailable(f"{root} lacks {[str(p) for p in missing]} (no stub for "
-                                          f"Python {python}?); reinstall it: {INSTALL_HINT}")
+                                          f"Python {python}, or no numpy 1.x for it?); reinstall it: {INSTALL_HINT}")
         return files
     raise TritonServerUnavailable(f"no tritonserver found (looked in {tried}); install it: "
                                   f"{INSTALL_HINT}")

@@ -5,7 +5,8 @@
     repo/<name>/1/model.onnx        (or model.plan), copied; an ONNX file's external data too
     repo/<name>_text/config.pbtxt   a Python-backend model: raw image bytes + question strings in,
     repo/<name>_text/1/model.py     label + probabilities out, preprocessing as the Predictor's
-    repo/<name>_text/1/toolkit.json (toolkit.triton.text), the model itself called through BLS
+    repo/<name>_text/1/toolkit.json (toolkit.triton.text), the model itself called through BLS;
+                                    toolkit.json also lists folders for its sys.path
 
 Everything comes from the artifact: I/O names, Triton data types and dims (-1 where dynamic, the
 batch axis left out), max_batch_size (a plan's profile maximum; an ONNX file's dynamic batch takes
@@ -39,7 +40,6 @@ TEXT_INPUTS = ("image_bytes", "question")  # TYPE_STRING (bytes) each, dims [1]
 TEXT_OUTPUTS = ("label", "probabilities")
 TEXT_SPEC = "toolkit.json"
 LABELS_FILE = "labels.txt"
-PYTHON_PATH_PARAM = "toolkit_python_path"  # os.pathsep-joined folders for the model's sys.path
 DEFAULT_MAX_BATCH = 32
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -315,9 +315,6 @@ def text_model_config(art: _Artifact, name: str, max_batch: int, cfg: Repository
               "dynamic_batching": _batching(cfg),
               # Decoding and tokenizing are CPU work; the model itself runs where its kind says.
               "instance_group": [{"count": cfg.instances, "kind": _Enum("KIND_CPU")}]}
-    if cfg.python_path:
-        config["parameters"] = [{"key": PYTHON_PATH_PARAM, "value": {
-            "string_value": os.pathsep.join(str(Path(p).resolve()) for p in cfg.python_path)}}]
     return config
 
 
@@ -376,9 +373,12 @@ def default_name(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", stem) or "model"
 
 
-def _text_spec(art: _Artifact, target: str, max_batch: int) -> dict:
+def _text_spec(art: _Artifact, target: str, max_batch: int, python_path: tuple[str, ...]) -> dict:
     image = next(t for t in art.inputs if t.name == INPUT_NAMES[0])
+    # python_path: read by model.py when Triton imports it, before triton_python_backend_utils
+    # (which needs numpy) is imported: the model's config is not available that early.
     return {"format": "toolkit.triton-text", "version": 1, "target_model": target,
+            "python_path": [str(Path(p).resolve()) for p in python_path],
             "backend": "onnxruntime" if art.kind == "onnx" else "tensorrt",
             "image_dtype": image.dtype, "max_batch_size": max_batch,
             "model": json.loads(art.metadata.to_json())}
@@ -422,7 +422,7 @@ def write_repository(cfg: RepositoryConfig, log=print) -> RepositoryResult:
             version.mkdir(parents=True)
             shutil.copyfile(Path(__file__).with_name("python_model.py"), version / "model.py")
             (version / TEXT_SPEC).write_text(
-                json.dumps(_text_spec(art, name, max_batch), indent=2) + "\n", encoding="utf-8")
+                json.dumps(_text_spec(art, name, max_batch, cfg.python_path), indent=2) + "\n", encoding="utf-8")
         for model, config_text in texts.items():
             (staging / model / "config.pbtxt").write_text(config_text, encoding="utf-8")
             (staging / model / LABELS_FILE).write_text(labels, encoding="utf-8")
