@@ -40,7 +40,7 @@ def _files():
 
 def start_server(onnx: Path, root: Path, delay_ms: float = DELAY_MS, instances: int = 1):
     """Write the repository for `onnx` under root and start tritonserver on it (a LocalServer,
-    started); the caller stops it. Shared with bench/triton_load.py."""
+    started); the caller stops it. bench/triton_load.py starts its server the same way."""
     from toolkit.triton import RepositoryConfig, write_repository
     from toolkit.triton.local import LocalServer, make_backend_dir
 

@@ -92,8 +92,9 @@ def find_server(python: str | None = None) -> ServerFiles:
                                files.stub_site / "numpy")
                    if not p.exists()]
         if missing:
-            raise TritonServerUnavailable(f"{root} lacks {[str(p) for p in missing]} (no stub for "
-                                          f"Python {python}, or no numpy 1.x for it?); reinstall it: {INSTALL_HINT}")
+            raise TritonServerUnavailable(
+                f"{root} lacks {[str(p) for p in missing]} (no stub for Python {python}, or no "
+                f"numpy 1.x for it?); reinstall it: {INSTALL_HINT}")
         return files
     raise TritonServerUnavailable(f"no tritonserver found (looked in {tried}); install it: "
                                   f"{INSTALL_HINT}")

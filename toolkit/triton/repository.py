@@ -109,8 +109,8 @@ def triton_type(dtype: str, where: str) -> str:
     try:
         return _TRITON_TYPES[str(dtype)]
     except KeyError:
-        raise TritonRepoError(f"{where} has the data type {dtype!r}, which the toolkit does not map "
-                              f"to a Triton type (it maps {sorted(_TRITON_TYPES)})") from None
+        raise TritonRepoError(f"{where} has the data type {dtype!r}, which the toolkit does not "
+                              f"map to a Triton type (it maps {sorted(_TRITON_TYPES)})") from None
 
 
 # ------------------------------------------------------------------ reading the artifact
@@ -421,8 +421,8 @@ def write_repository(cfg: RepositoryConfig, log=print) -> RepositoryResult:
             version = staging / (name + TEXT_SUFFIX) / "1"
             version.mkdir(parents=True)
             shutil.copyfile(Path(__file__).with_name("python_model.py"), version / "model.py")
-            (version / TEXT_SPEC).write_text(
-                json.dumps(_text_spec(art, name, max_batch, cfg.python_path), indent=2) + "\n", encoding="utf-8")
+            spec = _text_spec(art, name, max_batch, cfg.python_path)
+            (version / TEXT_SPEC).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
         for model, config_text in texts.items():
             (staging / model / "config.pbtxt").write_text(config_text, encoding="utf-8")
             (staging / model / LABELS_FILE).write_text(labels, encoding="utf-8")
