@@ -7,8 +7,9 @@ Writes the repository with `toolkit triton` (dynamic batching on, --max-delay-ms
 nvidia-pytriton wheel's tritonserver on 127.0.0.1 (toolkit/triton/local.py) and has each client
 thread send M one-row requests (PNG bytes + question, over HTTP or gRPC, one connection per client)
 one after another. Every answer is compared with the sequential Predictor's on the same pair.
-Prints and writes p50/p99 latency, requests/s, errors, mismatches and Triton's own counts of
-inferences and executions (executions < inferences: requests were batched).
+Prints and writes p50/p99 latency, requests/s, errors, mismatches, Triton's own counts per model
+(inferences, executions: fewer executions than inferences means requests were batched; mean queue
+and compute time) and the machine's load average at the end.
 
 The wheel has no onnxruntime backend, so the model itself runs in tests/triton/
 onnxruntime_standin.py (ONNX Runtime in a Python-based backend, one request at a time); the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import os
 import sys
 import sysconfig
 import tempfile
@@ -86,11 +88,19 @@ def main(argv=None) -> int:
             lock = threading.Lock()
 
             def stats():
+                """Triton's counters per model: inferences, executions, and the total ns
+                requests queued and computed (statistics extension, /v2/models/NAME/stats)."""
                 import tritonclient.http as h
 
+                out = {}
                 with h.InferenceServerClient(server.http_url) as t:
-                    s = t.get_inference_statistics("model_text")["model_stats"][0]
-                return int(s["inference_count"]), int(s["execution_count"])
+                    for m in ("model_text", "model"):
+                        s = t.get_inference_statistics(m)["model_stats"][0]
+                        i = s["inference_stats"]
+                        out[m] = (int(s["inference_count"]), int(s["execution_count"]),
+                                  int(i["queue"]["ns"]), int(i["queue"]["count"]),
+                                  int(i["compute_infer"]["ns"]), int(i["compute_infer"]["count"]))
+                return out
 
             def run(c: int) -> None:
                 triton = client.InferenceServerClient(url)
@@ -141,8 +151,16 @@ def main(argv=None) -> int:
         "requests_per_s": round(len(latencies) / wall, 1),
         "p50_ms": round(float(np.percentile(lat, 50)), 1) if len(lat) else None,
         "p99_ms": round(float(np.percentile(lat, 99)), 1) if len(lat) else None,
-        "triton_inferences": after[0] - before[0], "triton_executions": after[1] - before[1],
     }
+    for m in ("model_text", "model"):
+        # Rows (inferences), batches run (executions); queue and compute times are summed
+        # per request (a request's compute is that of the batch it ran in).
+        inf, ex, q_ns, q_n, c_ns, c_n = (a - b for a, b in zip(after[m], before[m]))
+        report[m] = {"inferences": inf, "executions": ex,
+                     "mean_batch": round(inf / ex, 1) if ex else None,
+                     "mean_queue_ms": round(q_ns / max(q_n, 1) / 1e6, 1),
+                     "mean_compute_ms": round(c_ns / max(c_n, 1) / 1e6, 1)}
+    report["load_average"] = [round(x, 1) for x in os.getloadavg()]
     print(json.dumps(report, indent=2))
     if args.json:
         write_json(args.json, report)

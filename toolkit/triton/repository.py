@@ -408,7 +408,7 @@ def write_repository(cfg: RepositoryConfig, log=print) -> RepositoryResult:
             validate_config(text, model)
 
     labels = "".join(label + "\n" for label in art.metadata.labels)
-    staging = repo.parent / f".{repo.name}.staging-{os.getpid()}"
+    staging = repo.resolve().parent / f".{repo.resolve().name}.staging-{os.getpid()}"
     try:
         if staging.exists():
             shutil.rmtree(staging)
