@@ -16,6 +16,7 @@ from toolkit.bench import TorchMode, TorchPrecision
 from toolkit.config import (CURRICULUM_WINDOW, ArtifactFormat, BatchBy, CalibMethod, ComputeOp,
                             Device, HardwareCompat, Int8Target, Precision)
 from toolkit.errors import ToolkitError
+from toolkit.triton.repository import InstanceKind
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Train, export, verify and benchmark the dual-modal classifier.")
@@ -469,6 +470,40 @@ def pointing(
 
         write_json(json_out, report)
         console.print(f"wrote {json_out}")
+
+
+@app.command()
+@friendly
+def triton(
+    model: Path = typer.Option(..., help="An exported .onnx or a built .plan (with its sidecar)."),
+    repo: Path = typer.Option(Path("triton_repo"), help="The Triton model repository to write."),
+    name: Optional[str] = typer.Option(
+        None, help="Model name (default: the file's, e.g. model_fp16)."),
+    max_batch: Optional[int] = typer.Option(
+        None, min=1, help="max_batch_size (default: a plan's profile maximum; ONNX: 32)."),
+    max_delay_ms: float = typer.Option(1.0, min=0, help="Dynamic batching's queue delay."),
+    instances: int = typer.Option(1, min=1, help="Instances of each model."),
+    kind: InstanceKind = typer.Option(InstanceKind.auto, help="Where the model's instances run."),
+    text_model: bool = typer.Option(True, "--text-model/--no-text-model",
+                                    help="Also write NAME_text (image bytes + question in)."),
+    python_path: list[Path] = typer.Option(
+        [], help="A folder the Python model puts on sys.path, e.g. a venv's site-packages "
+        "(repeatable)."),
+    force: bool = typer.Option(False, "--force", help="Replace existing model directories."),
+    validate: bool = typer.Option(True, "--validate/--no-validate",
+                                  help="Parse each config.pbtxt as Triton's ModelConfig."),
+) -> None:
+    """Write a Triton model repository for an exported model, from its own metadata."""
+    from toolkit.triton import RepositoryConfig, write_repository
+
+    cfg = RepositoryConfig(model=str(model), repo=str(repo), name=name, max_batch=max_batch,
+                           max_delay_ms=max_delay_ms, instances=instances, kind=kind,
+                           text_model=text_model, python_path=tuple(map(str, python_path)),
+                           force=force, validate=validate)
+    result = write_repository(cfg, log=console.print)
+    checked = "validated as Triton's ModelConfig" if result.validated else "not validated"
+    console.print(f"{', '.join(result.models)}: max_batch_size {result.max_batch_size}, "
+                  f"config.pbtxt {checked}")
 
 
 def main() -> None:
