@@ -30,6 +30,7 @@ _state = {"verbose": False}
 class Preset(str, Enum):
     seed = "seed"
     small = "small"
+    micro = "micro"
     tiny = "tiny"
 
 
