@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from toolkit.artifacts import sha256
 from toolkit.checkpoint import CheckpointError, load_checkpoint
-from toolkit.config import ConfigError, TrainConfig, to_dict
+from toolkit.config import ConfigError, TrainConfig
 from toolkit.data.manifest import dataset_labels, read_manifest, resolve_manifest
 from toolkit.errors import ToolkitError
 from toolkit.train import Objective, train
@@ -206,5 +206,3 @@ def distill(cfg: DistillConfig, log=print) -> dict:
     return train(tcfg, log=log, objective=objective)
 
 
-__all__ = ["DistillConfig", "DistillError", "Distillation", "distill", "distill_loss",
-           "load_teacher", "to_dict"]
