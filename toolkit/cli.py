@@ -402,6 +402,8 @@ def build(
                                                          help="Which GPUs may run the plan."),
     dla_core: Optional[int] = typer.Option(None, min=0,
                                            help="Build for this DLA core (TensorRT 10, Jetson)."),
+    sparse: bool = typer.Option(False, "--sparse", help="Let TensorRT use sparse tensor-core "
+                                "kernels on 2:4-sparse weights (toolkit prune; Ampere+)."),
     trt_verbose: bool = typer.Option(False, "--trt-verbose", help="TensorRT's verbose log."),
 ) -> None:
     """Build a TensorRT engine (strongly typed) for this GPU from an exported ONNX model."""
@@ -414,7 +416,7 @@ def build(
         workspace_mb=workspace_mb, opt_level=opt_level,
         timing_cache=str(timing_cache) if timing_cache else None,
         version_compatible=version_compatible,
-        hardware_compat=hardware_compat, dla_core=dla_core,
+        hardware_compat=hardware_compat, dla_core=dla_core, sparse_weights=sparse,
         verbose=trt_verbose)
     path = build_engine(cfg, log=console.print)
     console.print(f"wrote {path} and {path.name}.json")
@@ -423,15 +425,31 @@ def build(
 @app.command()
 @friendly
 def inspect(
-    plan: Path = typer.Argument(..., help="A plan written by toolkit build."),
+    artifact: Path = typer.Argument(..., exists=True, help="A plan (toolkit build), an .onnx "
+                                    "(toolkit export) or a run directory."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    pattern: str = typer.Option("2:4", help="The N:M sparsity pattern to check weights against."),
 ) -> None:
-    """Show what a plan was built from and for; with TensorRT, each layer's precision."""
+    """Show what a plan was built from and for (with TensorRT, each layer's precision); for an
+    .onnx or a run, each weight's N:M sparsity conformance."""
     import json
 
+    if artifact.is_dir() or artifact.suffix == ".onnx":
+        from toolkit.sparsity import format_conformance, onnx_conformance, parse_pattern
+
+        if artifact.is_dir():
+            from toolkit.prune import conformance_of as check
+        else:  # numpy and onnx only: no PyTorch needed on a deployment machine
+            check = onnx_conformance
+        report = check(artifact, parse_pattern(pattern))
+        if json_out:
+            print(json.dumps({"artifact": str(artifact), "sparsity": report}, indent=2))
+        else:
+            console.print(format_conformance(report), highlight=False, markup=False)
+        return
     from toolkit.engines.tensorrt import format_inspection, inspect_engine
 
-    result = inspect_engine(plan)
+    result = inspect_engine(artifact)
     if json_out:
         print(json.dumps(result, indent=2))
     else:
