@@ -175,3 +175,79 @@ def test_a_teacher_of_other_labels_or_vocabulary_is_refused(kd_config, tmp_path)
     with pytest.raises(DistillError, match="does not fit .* are \\[UNK\\]"):
         distill(cfg, log=lambda *_: None)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from toolkit.cli import app
+
+    return CliRunner().invoke(app, ["distill", *map(str, args)])
+
+
+def test_cli_distills_a_student(tiny_run, tiny_data, tmp_path):
+    out = tmp_path / "s"
+    r = _cli("--teacher", tiny_run, "--data", tiny_data, "--out", out, "--student-preset", "tiny",
+             "--alpha", "0.5", "--temperature", "3", "--max-steps", "2", "--batch-size", "8",
+             "--warmup-steps", "1", "--seed", "0", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert f"best checkpoint: {out / 'best.safetensors'}" in r.output
+    rec = json.loads((out / "config.json").read_text())["train"]
+    assert rec["distill"]["alpha"] == 0.5 and rec["distill"]["temperature"] == 3.0
+    assert rec["max_steps"] == 2 and rec["batch_size"] == 8  # the shared training options
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--temperature", "0"], "--temperature 0.0 must be > 0"),
+    (["--alpha", "1.2"], "--alpha 1.2 is outside [0, 1]"),
+    (["--feature-weight", "-1"], "--feature-weight -1.0 must be >= 0"),
+])
+def test_cli_bad_settings_are_one_line(tiny_run, tiny_data, tmp_path, args, match):
+    out = tmp_path / "s"
+    r = _cli("--teacher", tiny_run, "--data", tiny_data, "--out", out, *args)
+    assert r.exit_code == 1 and r.output.startswith("error: ") and match in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_cli_unknown_preset_and_non_run_teacher(tiny_run, tiny_data, tmp_path):
+    out = tmp_path / "s"
+    r = _cli("--teacher", tiny_run, "--data", tiny_data, "--out", out, "--student-preset", "huge")
+    assert r.exit_code == 2 and "huge" in r.output and "micro" in r.output  # the choices
+    r = _cli("--teacher", tmp_path, "--data", tiny_data, "--out", out)
+    assert r.exit_code == 1 and "is not a usable run" in r.output
+    assert not out.exists()
+
+
+def _ddp_worker(rank, world, port, cfg, out_dir):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    model = distill(cfg, log=lambda *_: None)["model"]
+    torch.save(model.state_dict(), f"{out_dir}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_distil_identical_students(kd_config, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = dataclasses.replace(kd_config, train=dataclasses.replace(
+        kd_config.train, out=str(tmp_path / "ddp"), max_steps=3, batch_size=4))
+    mp.spawn(_ddp_worker, args=(2, port, cfg, str(tmp_path)), nprocs=2, join=True)
+    a = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    b = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0, msg=lambda m: f"{k}: {m}")
+    saved = load_checkpoint(tmp_path / "ddp", "last")
+    assert all(torch.equal(a[k], v) for k, v in saved.model.state_dict().items())
