@@ -81,12 +81,10 @@ def prepare_data(cfg: TrainConfig, run: Path | None = None, tokenizer: Tokenizer
         tokenizer = Tokenizer.from_file(run / "vocab.txt", mcfg.text.max_length)
     else:
         mcfg = cfg.model
-        if tokenizer is not None:
-            pass
-        elif mcfg.text.model_dir:
+        if tokenizer is None and mcfg.text.model_dir:
             tokenizer = Tokenizer.from_file(Path(mcfg.text.model_dir) / "vocab.txt",
                                             mcfg.text.max_length)
-        else:
+        elif tokenizer is None:
             tokenizer = Tokenizer(train_vocab((r.text for r in rows), cfg.vocab_size),
                                   mcfg.text.max_length)
         mcfg = dataclasses.replace(
