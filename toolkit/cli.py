@@ -30,8 +30,8 @@ _state = {"verbose": False}
 class Preset(str, Enum):
     seed = "seed"
     small = "small"
-    micro = "micro"
     tiny = "tiny"
+    micro = "micro"
 
 
 class Phrasing(str, Enum):

@@ -233,9 +233,22 @@ PRESETS: dict[str, ModelConfig] = {
         fusion_relation=128,
         head_hidden=256,
     ),
+    "tiny": ModelConfig(
+        image_size=32,
+        vision=VisionConfig(backbone="resnet18", stages=1, multiscale=True),
+        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                        vocab_size=200, max_length=16),
+        dim=32,
+        heads=2,
+        visual_tokens=VisualTokens.grid,
+        fusion_layers=1,
+        fusion_cell_mlp=32,
+        fusion_relation=32,
+        head_hidden=32,
+    ),
     # A distillation student (toolkit distill): `small`'s layout at a quarter of its widths, 13x
     # fewer parameters; about 4x faster than `small` in ONNX Runtime at batch 1 (bench/compression.md).
-    # Widths stay multiples of 4 so that 2:4 sparsity can take every layer but the first.
+    # Widths stay multiples of 4 so that 2:4 sparsity takes every layer `small` lets it take.
     "micro": ModelConfig(
         image_size=64,
         vision=VisionConfig(backbone="convnet", stages=3, width=12),  # (B, 12, 8, 8)
@@ -249,19 +262,6 @@ PRESETS: dict[str, ModelConfig] = {
         fusion_cell_mlp=64,
         fusion_relation=32,
         head_hidden=64,
-    ),
-    "tiny": ModelConfig(
-        image_size=32,
-        vision=VisionConfig(backbone="resnet18", stages=1, multiscale=True),
-        text=TextConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
-                        vocab_size=200, max_length=16),
-        dim=32,
-        heads=2,
-        visual_tokens=VisualTokens.grid,
-        fusion_layers=1,
-        fusion_cell_mlp=32,
-        fusion_relation=32,
-        head_hidden=32,
     ),
 }
 
