@@ -68,7 +68,11 @@ def onnx_conformance(path: str | Path, pattern: Pattern) -> dict:
     conforming to the pattern, along the weight's reduction axis as the node reads it: Conv W is
     (K, C, R, S); Gemm B is (N, K) with transB=1, else (K, N); MatMul B is (..., K, N). A weight
     reached through Transpose, Cast, Identity or DequantizeLinear is followed to its initializer
-    (FP16 and INT8 exports), the Transpose's permutation mapping the axis."""
+    (FP16 and INT8 exports), the Transpose's permutation mapping the axis.
+
+    Every constant such a node multiplies is reported, as TensorRT would see it, weights or not:
+    the relation read's cell centres, an (N, 2) constant that `w @ xy` multiplies, are one of them
+    and stay dense."""
     import onnx
     from onnx import numpy_helper
 
