@@ -247,7 +247,8 @@ PRESETS: dict[str, ModelConfig] = {
         head_hidden=32,
     ),
     # A distillation student (toolkit distill): `small`'s layout at a quarter of its widths, 13x
-    # fewer parameters; about 4x faster than `small` in ONNX Runtime at batch 1 (bench/compression.md).
+    # fewer parameters; 4.3x faster than `small` in a first ONNX Runtime probe at batch 1 on a
+    # loaded CPU (bench/compression.md; not yet a `toolkit bench` run).
     # Widths stay multiples of 4 so that 2:4 sparsity takes every layer `small` lets it take.
     "micro": ModelConfig(
         image_size=64,
