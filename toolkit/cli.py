@@ -32,6 +32,7 @@ class Preset(str, Enum):
     seed = "seed"
     small = "small"
     tiny = "tiny"
+    micro = "micro"
 
 
 class Phrasing(str, Enum):
@@ -99,8 +100,70 @@ def data_generate(
     console.print(f"wrote {scenes} scenes to {path}")
 
 
+# Training options shared by `train` and `distill`: one definition each (name: type, option).
+TRAINING_OPTIONS = {
+    "epochs": (int, typer.Option(10, min=1)),
+    "max_steps": (Optional[int], typer.Option(None, min=1, help="Stop after this many steps.")),
+    "max_train_seconds": (Optional[float], typer.Option(None, min=1,
+                                                        help="Stop (and save) after this long.")),
+    "batch_size": (int, typer.Option(32, min=1)),
+    "batch_by": (BatchBy, typer.Option(
+        BatchBy.question, help="Draw questions one by one, or whole images with all theirs.")),
+    "lr": (float, typer.Option(1e-4, min=0)),
+    "warmup_steps": (int, typer.Option(200, min=0)),
+    "eval_every": (int, typer.Option(0, min=0, help="Steps between evaluations; 0 = each epoch.")),
+    "device": (Device, typer.Option(Device.auto, help="Where to train.")),
+    "seed": (int, typer.Option(0)),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue from OUT/resume.pt.")),
+    "skip_bad_rows": (bool, typer.Option(False, "--skip-bad-rows",
+                                         help="Leave out bad manifest rows instead of stopping.")),
+    "curriculum_types": (list[str], typer.Option(
+        [], help="Comma-separated question types of a curriculum stage, trained on before the "
+        "epochs, e.g. horizontal,vertical; repeat the option for further stages.")),
+    "curriculum_steps": (int, typer.Option(0, min=0,
+                                           help="Steps of each curriculum stage, at most.")),
+    "curriculum_loss": (float, typer.Option(
+        0.05, min=0.0, help="End a curriculum stage early once its mean training loss over the "
+        f"last {CURRICULUM_WINDOW} steps is below this; 0 runs every curriculum step.")),
+    "freeze_binding": (bool, typer.Option(
+        False, "--freeze-binding", help="In the curriculum stages after the first, hold the "
+        "text tower and the fusion's cell readers as the first stage left them.")),
+}
+
+
+def training_options(fn):
+    """Give a command the shared training options; they reach it as one dict, `training`.
+
+    Typer reads a command's options from its signature, so the wrapper's signature is the
+    command's own parameters followed by TRAINING_OPTIONS."""
+    import inspect
+
+    own = [p for p in inspect.signature(fn).parameters.values() if p.name != "training"]
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                annotation=kind) for name, (kind, option) in TRAINING_OPTIONS.items()]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        training = {name: kwargs.pop(name) for name in TRAINING_OPTIONS}
+        return fn(training=training, **kwargs)
+
+    wrapper.__signature__ = inspect.Signature(own + shared)
+    wrapper.__annotations__ = {**{p.name: p.annotation for p in own + shared}, "return": None}
+    return wrapper
+
+
+def _train_config(data: Path, out: Path, model, training: dict):
+    """The TrainConfig of the shared training options."""
+    from toolkit.config import TrainConfig
+
+    opts = dict(training)
+    stages = tuple(tuple(t for t in stage.split(",") if t) for stage in opts.pop("curriculum_types"))
+    return TrainConfig(data=str(data), out=str(out), model=model, curriculum=stages, **opts)
+
+
 @app.command()
 @friendly
+@training_options
 def train(
     data: Path = typer.Option(..., exists=True, help="Dataset folder (train/val manifests)."),
     out: Path = typer.Option(..., help="Run directory, e.g. runs/small."),
@@ -108,36 +171,11 @@ def train(
     model_config: Optional[Path] = typer.Option(
         None, exists=True, dir_okay=False,
         help="A JSON file of model fields that replace the preset's, e.g. {\"fusion\": \"concat\"}."),
-    epochs: int = typer.Option(10, min=1),
-    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps."),
-    max_train_seconds: Optional[float] = typer.Option(None, min=1,
-                                                      help="Stop (and save) after this long."),
-    batch_size: int = typer.Option(32, min=1),
-    batch_by: BatchBy = typer.Option(
-        BatchBy.question, help="Draw questions one by one, or whole images with all theirs."),
-    lr: float = typer.Option(1e-4, min=0),
-    warmup_steps: int = typer.Option(200, min=0),
-    eval_every: int = typer.Option(0, min=0, help="Steps between evaluations; 0 = each epoch."),
-    device: Device = typer.Option(Device.auto, help="Where to train."),
-    seed: int = typer.Option(0),
-    resume: bool = typer.Option(False, "--resume", help="Continue from runs/<name>/resume.pt."),
     vision_weights: Optional[Path] = typer.Option(None, exists=True, dir_okay=False,
                                                   help="A local torchvision state dict."),
     text_model: Optional[Path] = typer.Option(None, exists=True, file_okay=False,
                                               help="A local Hugging Face BERT-family directory."),
-    skip_bad_rows: bool = typer.Option(False, "--skip-bad-rows",
-                                       help="Leave out bad manifest rows instead of stopping."),
-    curriculum_types: list[str] = typer.Option(
-        [], help="Comma-separated question types of a curriculum stage, trained on before the "
-        "epochs, e.g. horizontal,vertical; repeat the option for further stages."),
-    curriculum_steps: int = typer.Option(0, min=0,
-                                         help="Steps of each curriculum stage, at most."),
-    curriculum_loss: float = typer.Option(
-        0.05, min=0.0, help="End a curriculum stage early once its mean training loss over the "
-        f"last {CURRICULUM_WINDOW} steps is below this; 0 runs every curriculum step."),
-    freeze_binding: bool = typer.Option(
-        False, "--freeze-binding", help="In the curriculum stages after the first, hold the "
-        "text tower and the fusion's cell readers as the first stage left them."),
+    training: dict = None,
 ) -> None:
     """Train a model; best and last checkpoints land in OUT."""
     from toolkit import config as C
@@ -152,18 +190,73 @@ def train(
     if text_model:
         model = dataclasses.replace(model, text=dataclasses.replace(
             model.text, model_dir=str(text_model)))
-    cfg = C.TrainConfig(data=str(data), out=str(out), model=model, epochs=epochs,
-                        max_steps=max_steps, batch_size=batch_size, batch_by=batch_by, lr=lr,
-                        warmup_steps=warmup_steps, seed=seed, device=device,
-                        eval_every=eval_every, skip_bad_rows=skip_bad_rows, resume=resume,
-                        max_train_seconds=max_train_seconds,
-                        curriculum=tuple(tuple(t for t in stage.split(",") if t)
-                                         for stage in curriculum_types),
-                        curriculum_steps=curriculum_steps, curriculum_loss=curriculum_loss,
-                        freeze_binding=freeze_binding)
-    result = run_train(cfg, log=console.print)
+    result = run_train(_train_config(data, out, model, training), log=console.print)
     if result["report"] is not None:
         console.print(f"best checkpoint: {out / 'best.safetensors'}")
+
+
+@app.command()
+@friendly
+@training_options
+def distill(
+    teacher: Path = typer.Option(..., help="The trained teacher's run directory (runs/<name>)."),
+    data: Path = typer.Option(..., exists=True, help="Dataset folder (train/val manifests)."),
+    out: Path = typer.Option(..., help="The student's run directory, e.g. runs/micro-kd."),
+    student_preset: Preset = typer.Option(Preset.micro, help="The student's size."),
+    student_config: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="A JSON file of model fields that replace the student preset's."),
+    alpha: float = typer.Option(0.9, help="Weight of the teacher's softened answers, in [0, 1]; "
+                                "1 - alpha goes to the labels."),
+    temperature: float = typer.Option(4.0, help="Softmax temperature of both, > 0."),
+    feature_weight: float = typer.Option(0.0, help="Weight of matching the teacher's fused "
+                                         "features through a learned projection; 0 = off."),
+    teacher_which: str = typer.Option("best", help="The teacher's best or last weights."),
+    training: dict = None,
+) -> None:
+    """Distil a trained teacher into a smaller student (an ordinary run directory in OUT)."""
+    from toolkit import config as C
+    from toolkit.distill import DistillConfig
+    from toolkit.distill import distill as run_distill
+
+    model = C.model_config(student_preset.value,
+                           _read_json(student_config) if student_config else None)
+    cfg = DistillConfig(teacher=str(teacher), train=_train_config(data, out, model, training),
+                        alpha=alpha, temperature=temperature, feature_weight=feature_weight,
+                        teacher_which=teacher_which)
+    result = run_distill(cfg, log=console.print)
+    if result["report"] is not None:
+        console.print(f"best checkpoint: {out / 'best.safetensors'}")
+
+
+@app.command()
+@friendly
+def prune(
+    checkpoint: Path = typer.Option(..., help="The dense run directory (runs/<name>)."),
+    out: Path = typer.Option(..., help="The pruned run directory, e.g. runs/small-sparse."),
+    pattern: str = typer.Option("2:4", help="N:M: at most N non-zero weights in every M "
+                                "consecutive input-channel weights."),
+    fine_tune_steps: int = typer.Option(0, min=0, help="Masked fine-tuning steps after pruning."),
+    data: Optional[Path] = typer.Option(None, exists=True,
+                                        help="Fine-tuning data [the run's training data]."),
+    lr: float = typer.Option(2e-4, min=0, help="Fine-tuning peak learning rate."),
+    batch_size: int = typer.Option(64, min=1),
+    warmup_steps: int = typer.Option(50, min=0),
+    eval_every: int = typer.Option(0, min=0, help="Steps between evaluations; 0 = at the end."),
+    which: str = typer.Option("best", help="The parent's best or last weights."),
+    device: Device = typer.Option(Device.auto),
+    seed: int = typer.Option(0),
+) -> None:
+    """Prune Conv/Linear weights to N:M (2:4) sparsity by magnitude, then fine-tune masked."""
+    from toolkit.prune import PruneConfig
+    from toolkit.prune import prune as run_prune
+
+    cfg = PruneConfig(checkpoint=str(checkpoint), out=str(out), pattern=pattern,
+                      fine_tune_steps=fine_tune_steps, data=str(data) if data else None,
+                      which=which, lr=lr, batch_size=batch_size, warmup_steps=warmup_steps,
+                      eval_every=eval_every, seed=seed, device=device)
+    result = run_prune(cfg, log=console.print)
+    console.print(f"held-out accuracy {result['report']['accuracy']:.2%}; wrote {out}")
 
 
 @app.command("eval")
@@ -312,6 +405,8 @@ def build(
                                                          help="Which GPUs may run the plan."),
     dla_core: Optional[int] = typer.Option(None, min=0,
                                            help="Build for this DLA core (TensorRT 10, Jetson)."),
+    sparse: bool = typer.Option(False, "--sparse", help="Let TensorRT use sparse tensor-core "
+                                "kernels on 2:4-sparse weights (toolkit prune; Ampere+)."),
     trt_verbose: bool = typer.Option(False, "--trt-verbose", help="TensorRT's verbose log."),
 ) -> None:
     """Build a TensorRT engine (strongly typed) for this GPU from an exported ONNX model."""
@@ -324,7 +419,7 @@ def build(
         workspace_mb=workspace_mb, opt_level=opt_level,
         timing_cache=str(timing_cache) if timing_cache else None,
         version_compatible=version_compatible,
-        hardware_compat=hardware_compat, dla_core=dla_core,
+        hardware_compat=hardware_compat, dla_core=dla_core, sparse_weights=sparse,
         verbose=trt_verbose)
     path = build_engine(cfg, log=console.print)
     console.print(f"wrote {path} and {path.name}.json")
@@ -333,15 +428,31 @@ def build(
 @app.command()
 @friendly
 def inspect(
-    plan: Path = typer.Argument(..., help="A plan written by toolkit build."),
+    artifact: Path = typer.Argument(..., exists=True, help="A plan (toolkit build), an .onnx "
+                                    "(toolkit export) or a run directory."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
+    pattern: str = typer.Option("2:4", help="The N:M sparsity pattern to check weights against."),
 ) -> None:
-    """Show what a plan was built from and for; with TensorRT, each layer's precision."""
+    """Show what a plan was built from and for (with TensorRT, each layer's precision); for an
+    .onnx or a run, each weight's N:M sparsity conformance."""
     import json
 
+    if artifact.is_dir() or artifact.suffix == ".onnx":
+        from toolkit.sparsity import format_conformance, onnx_conformance, parse_pattern
+
+        if artifact.is_dir():
+            from toolkit.prune import conformance_of as check
+        else:  # numpy and onnx only: no PyTorch needed on a deployment machine
+            check = onnx_conformance
+        report = check(artifact, parse_pattern(pattern))
+        if json_out:
+            print(json.dumps({"artifact": str(artifact), "sparsity": report}, indent=2))
+        else:
+            console.print(format_conformance(report), highlight=False, markup=False)
+        return
     from toolkit.engines.tensorrt import format_inspection, inspect_engine
 
-    result = inspect_engine(plan)
+    result = inspect_engine(artifact)
     if json_out:
         print(json.dumps(result, indent=2))
     else:

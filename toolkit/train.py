@@ -69,9 +69,10 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size())
 
 
-def prepare_data(cfg: TrainConfig, run: Path | None = None):
+def prepare_data(cfg: TrainConfig, run: Path | None = None, tokenizer: Tokenizer | None = None):
     """Labels, tokenizer, model config and both splits. A new run trains its vocabulary on the
-    training text (or takes the text model's); a resumed `run` keeps its own config and vocab."""
+    training text (or takes the text model's, or `tokenizer`: a teacher's); a `run` (resumed, or
+    the parent a pruned run starts from) keeps its own config and vocab."""
     train_path = resolve_manifest(cfg.data, "train")
     rows = read_manifest(train_path)
     labels = dataset_labels(cfg.data, rows)
@@ -80,10 +81,10 @@ def prepare_data(cfg: TrainConfig, run: Path | None = None):
         tokenizer = Tokenizer.from_file(run / "vocab.txt", mcfg.text.max_length)
     else:
         mcfg = cfg.model
-        if mcfg.text.model_dir:
+        if tokenizer is None and mcfg.text.model_dir:
             tokenizer = Tokenizer.from_file(Path(mcfg.text.model_dir) / "vocab.txt",
                                             mcfg.text.max_length)
-        else:
+        elif tokenizer is None:
             tokenizer = Tokenizer(train_vocab((r.text for r in rows), cfg.vocab_size),
                                   mcfg.text.max_length)
         mcfg = dataclasses.replace(
@@ -191,6 +192,55 @@ class _Pool:
         return np.concatenate([self.groups[i] for i in chosen])
 
 
+class Objective(nn.Module):
+    """What the shared training loop minimises, and its hooks; `toolkit train` uses CrossEntropy,
+    `toolkit distill` and `toolkit prune` their own (distill.py, prune.py). Parameters of an
+    objective (a feature projection) train with the model and are kept in resume.pt, not in the
+    run's weights; so are its buffers (pruning masks)."""
+
+    # A run whose config and vocabulary a fresh start keeps (a pruned run's parent), else None.
+    source_run: Path | None = None
+    # The vocabulary of a fresh start (a teacher's), else trained on the data.
+    tokenizer: Tokenizer | None = None
+
+    def setup(self, model: DualModalNet, labels: list[str], device: torch.device,
+              resumed: bool) -> None:
+        """Called once the model is built and (on resume) loaded, before the first step."""
+
+    def forward(self, model: DualModalNet, inputs: dict, rows: np.ndarray,
+                target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to minimise, the label cross-entropy): a curriculum stage ends on the
+        second, so that it means the same whatever else the loss holds."""
+        raise NotImplementedError
+
+    def after_step(self, model: DualModalNet) -> None:
+        """Called after each optimizer step (pruning re-applies its masks here)."""
+
+    def record(self) -> dict:
+        """Settings written into the run's config.json next to the training config."""
+        return {}
+
+
+class CrossEntropy(Objective):
+    """Cross-entropy on the labels: `toolkit train`."""
+
+    def forward(self, model, inputs, rows, target):
+        loss = nn.functional.cross_entropy(model(**inputs).float(), target)
+        return loss, loss
+
+
+class Trainee(nn.Module):
+    """The model and its objective as one module, so that DDP all-reduces the gradients of both
+    (an objective's projection trains too) and one call runs the forward pass DDP hooks into."""
+
+    def __init__(self, model: DualModalNet, objective: Objective):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, inputs: dict, rows: np.ndarray, target: torch.Tensor):
+        return self.objective(self.model, inputs, rows, target)
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (not biases, norms or embeddings). The fused
     kernel does the whole update in one pass; on the CPU it cost 2.6x less than foreach
@@ -261,9 +311,11 @@ class RunWriter:
     """The run directory's training state: last/best weights, metrics.json and resume.pt, each
     written whole under a temporary name (rank 0 only)."""
 
-    def __init__(self, out: Path, model: nn.Module, opt, sched, plan: BatchPlan, main: bool):
+    def __init__(self, out: Path, model: nn.Module, opt, sched, plan: BatchPlan, main: bool,
+                 objective: nn.Module | None = None):
         self.out, self.model, self.opt, self.sched, self.plan, self.main = (
             out, model, opt, sched, plan, main)
+        self.objective = objective  # its parameters and buffers go to resume.pt only
         self.step, self.best, self.history = 0, -1.0, []
 
     @property
@@ -276,6 +328,8 @@ class RunWriter:
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
         self.step, self.best, self.history = ck["step"], ck["best"], ck["history"]
+        if self.objective is not None and ck.get("objective"):
+            self.objective.load_state_dict(ck["objective"])
         ended = ck.get("curriculum_ended")  # written before curriculum stages: one stage
         self.plan.ends = list(ck.get("curriculum_ends", [] if ended is None else [ended]))
 
@@ -294,11 +348,18 @@ class RunWriter:
         with atomic_path(self.resume_file) as tmp:
             torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                         "scheduler": self.sched.state_dict(), "curriculum_ends": self.plan.ends,
-                        "step": self.step, "best": self.best, "history": self.history}, tmp)
+                        "step": self.step, "best": self.best, "history": self.history,
+                        "objective": ({} if self.objective is None
+                                      else self.objective.state_dict())}, tmp)
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
-    """Train, evaluating on the held-out split; returns the final metrics. See TrainConfig."""
+def train(cfg: TrainConfig, log=print, objective: Objective | None = None) -> dict:
+    """Train, evaluating on the held-out split; returns the final metrics. See TrainConfig.
+
+    The one training loop: `objective` (CrossEntropy by default) supplies the loss and its hooks,
+    so distillation and masked fine-tuning get the same progress bar, evaluation, checkpoints,
+    --resume and DDP as `toolkit train`."""
+    objective = CrossEntropy() if objective is None else objective
     device = resolve_device(cfg.device)
     ddp = init_distributed(device)
     torch.manual_seed(cfg.seed)
@@ -306,31 +367,33 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if cfg.resume and not (out / "resume.pt").is_file():
         raise CheckpointError(f"--resume: {out / 'resume.pt'} not found; start without --resume")
     mcfg, labels, tokenizer, train_split, val_split = prepare_data(
-        cfg, run=out if cfg.resume else None)
+        cfg, run=out if cfg.resume else objective.source_run, tokenizer=objective.tokenizer)
     if ddp.main:
         priors = majority_baseline(val_split.labels, val_split.question_types, len(labels))
         log("answer priors (majority class per question type, held-out): "
             + ", ".join(f"{k} {v:.1%}" for k, v in priors.items()))
 
     model = DualModalNet(mcfg).to(device)
-    opt = build_optimizer(model, cfg)
+    trainee = Trainee(model, objective.to(device))
+    opt = build_optimizer(trainee, cfg)
     plan = BatchPlan(train_split, cfg, ddp)
     warmup = min(cfg.warmup_steps, plan.total_steps // 4 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: plan.rate(step, warmup))
-    run = RunWriter(out, model, opt, sched, plan, ddp.main)
+    run = RunWriter(out, model, opt, sched, plan, ddp.main, objective=objective)
     if cfg.resume:
         run.load(device)
         if ddp.main:
             log(f"resumed {out} at step {run.step}")
-    elif ddp.main:
-        write_run_files(out, mcfg, to_dict(dataclasses.replace(cfg, model=mcfg)), tokenizer, labels)
+    objective.setup(model, labels, device, resumed=cfg.resume)
+    if not cfg.resume and ddp.main:
+        write_run_files(out, mcfg, {**to_dict(dataclasses.replace(cfg, model=mcfg)),
+                                    **objective.record()}, tokenizer, labels)
 
-    net = nn.parallel.DistributedDataParallel(model) if ddp.world > 1 else model
+    net = nn.parallel.DistributedDataParallel(trainee) if ddp.world > 1 else trainee
     monitor = StageMonitor(plan, cfg, ddp)
     cadence = EvalCadence(cfg.eval_every or plan.steps_per_epoch, plan)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else nullcontext())
-    loss_fn = nn.CrossEntropyLoss()
 
     progress = _progress(plan.total_steps, disable=not ddp.main)
     started = time.perf_counter()
@@ -347,16 +410,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                                 share_images=True), device)
             target = torch.from_numpy(train_split.labels[idx]).to(device)
             with amp:
-                loss = loss_fn(net(**inputs).float(), target)
+                loss, label_loss = net(inputs, idx, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             for p in held_parameters(model, stage, cfg.freeze_binding):
                 p.grad = None
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            nn.utils.clip_grad_norm_(trainee.parameters(), cfg.grad_clip)
             opt.step()
+            objective.after_step(model)
             run.step += 1
-            value = loss.item()  # one host sync a step
-            ended = monitor.observe(run.step, stage, loss, value)
+            value, label_value = (torch.stack([loss.detach(), label_loss.detach()]).tolist()
+                                  if label_loss is not loss else [loss.item()] * 2)  # one sync
+            ended = monitor.observe(run.step, stage, label_loss, label_value)
             if ended is not None:
                 progress.update(task, total=plan.total_steps)
                 if ddp.main:

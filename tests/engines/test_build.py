@@ -193,6 +193,22 @@ def test_build_writes_the_plan_and_a_sidecar_with_the_platform(tmp_path, fake_gp
     assert E.inspect_engine(plan)["layers"][0]["name"] == "conv1"
 
 
+def test_sparse_sets_the_builder_flag_and_the_sidecar_records_it(tmp_path, fake_gpu):
+    trt = fake_gpu()
+    plan = fake_build(tmp_path, sparse_weights=True)
+    _, config = trt.built[-1]
+    assert trt.BuilderFlag.SPARSE_WEIGHTS in config.flags
+    assert read_sidecar(plan)["build"]["sparse_weights"] is True
+    sparsity = E.inspect_engine(plan)["sparsity"]
+    assert sparsity["sparse_weights"] is True
+    assert sparsity["source_conformance"]["layers"] == 0  # the Identity model has no weights
+    assert "sparse weights (builder flag): on" in E.format_inspection(E.inspect_engine(plan))
+    (tmp_path / "d").mkdir()
+    dense = fake_build(tmp_path / "d")
+    assert trt.BuilderFlag.SPARSE_WEIGHTS not in trt.built[-1][1].flags
+    assert read_sidecar(dense)["build"]["sparse_weights"] is False
+
+
 def test_a_model_using_a_standard_plugin_parses_once_plugins_are_registered(tmp_path, fake_gpu):
     trt = fake_gpu()
     trt.model.uses_plugin = True  # the parser maps a node to a libnvinfer_plugin plugin
@@ -344,7 +360,9 @@ def test_inspect_without_tensorrt_shows_the_sidecar(built, monkeypatch):
     result = E.inspect_engine(built)
     assert result["layers"] is None and "TensorRT is not installed" in result["note"]
     text = E.format_inspection(result)
+    assert result["sparsity"]["sparse_weights"] is False  # a sidecar from before --sparse
     for expected in ["built with TensorRT 10.3.0 on Orin (compute capability 8.7)",
+                     "sparse weights (builder flag): off",
                      "precision (from the graph): int8", "input_ids: min (1, 1) opt (8, 16) "
                      "max (8, 16)", "attention_mask: int64 (-1, -1)", "2 labels"]:
         assert expected in text, expected

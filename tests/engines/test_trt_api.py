@@ -216,7 +216,7 @@ def test_the_checked_modules_use_tensorrt_at_all():
                      "Runtime.DLA_core", "Runtime.num_DLA_cores",
                      "IExecutionContext.nvtx_verbosity", "ProfilingVerbosity.LAYER_NAMES_ONLY",
                      "IBuilderConfig.can_run_on_DLA", "INetworkDefinition.get_layer",
-                     "IBuilderConfig.add_optimization_profile"]:
+                     "IBuilderConfig.add_optimization_profile", "BuilderFlag.SPARSE_WEIGHTS"]:
         assert expected in uses, expected
 
 

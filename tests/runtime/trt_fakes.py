@@ -454,7 +454,7 @@ def _add_builder(trt, shapes: dict, dtypes: dict, dla_cores: int) -> None:
         STRONGLY_TYPED = 1 if trt.__version__.startswith("10.") else 0
 
     MemoryPoolType = enum.Enum("MemoryPoolType", "WORKSPACE")
-    BuilderFlag = enum.Enum("BuilderFlag", "GPU_FALLBACK VERSION_COMPATIBLE")
+    BuilderFlag = enum.Enum("BuilderFlag", "GPU_FALLBACK VERSION_COMPATIBLE SPARSE_WEIGHTS")
     DeviceType = enum.Enum("DeviceType", "GPU DLA")
     HardwareCompatibilityLevel = enum.Enum("HardwareCompatibilityLevel",
                                            "NONE AMPERE_PLUS SAME_COMPUTE_CAPABILITY")

@@ -51,6 +51,9 @@ class BuildConfig:
     version_compatible: bool = False  # runnable by later TensorRT releases (may be slower)
     hardware_compat: HardwareCompat = HardwareCompat.none
     dla_core: int | None = None  # TensorRT 10 on Jetson AGX Orin only
+    # Let TensorRT use its sparse tensor-core kernels (Ampere and later) on weights with the 2:4
+    # pattern (toolkit prune); it picks them per layer where they are faster.
+    sparse_weights: bool = False
     verbose: bool = False  # TensorRT's own log at VERBOSE instead of WARNING
 
 
@@ -256,6 +259,8 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
     _set_profile(builder, config, shapes)
     if cfg.version_compatible:
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if cfg.sparse_weights:
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     _apply_hardware_compat(trt, config, cfg.hardware_compat, gpu)
     if cfg.dla_core is not None:
         _apply_dla(trt, builder, network, config, cfg.dla_core)
@@ -282,7 +287,7 @@ def build_engine(cfg: BuildConfig, log=print) -> Path:
              "version_compatible": cfg.version_compatible,
              "hardware_compat": cfg.hardware_compat.value, "dla_core": cfg.dla_core,
              "strongly_typed": True, "timing_cache": str(cache_path) if cache_path else None,
-             "timing_cache_reused": cache_reused}
+             "timing_cache_reused": cache_reused, "sparse_weights": cfg.sparse_weights}
     if cfg.dla_core is not None:  # before anything is written: a GPU-only plan is refused
         build["dla_layers"] = _check_on_dla(trt, plan, build, cfg.out)
 
@@ -340,21 +345,47 @@ def inspect_engine(path: str | os.PathLike) -> dict:
     """
     sidecar = read_sidecar(path)
     check_plan_file(path, sidecar)
+    sparsity = plan_sparsity(sidecar)
     try:
         trt = import_tensorrt()
         gpu = device_info()
     except ToolkitError as e:
-        return {"sidecar": sidecar, "layers": None, "note": f"no layer information: {e}"}
+        return {"sidecar": sidecar, "layers": None, "note": f"no layer information: {e}",
+                "sparsity": sparsity}
     mismatch = check_compatibility(sidecar, trt.__version__, gpu)
     if mismatch is not None:
-        return {"sidecar": sidecar, "layers": None, "note": f"no layer information: {mismatch}"}
+        return {"sidecar": sidecar, "layers": None, "note": f"no layer information: {mismatch}",
+                "sparsity": sparsity}
 
     from toolkit.runtime.trt_runner import load_engine
 
     runtime_engine = load_engine(path, sidecar)
     info = _engine_layers(trt, runtime_engine)
     del runtime_engine  # the inspector went first, then engine and runtime, TensorRT's order
-    return {"sidecar": sidecar, "layers": layer_precisions(info), "note": None}
+    return {"sidecar": sidecar, "layers": layer_precisions(info), "note": None,
+            "sparsity": sparsity}
+
+
+def plan_sparsity(sidecar: dict, pattern: str = "2:4") -> dict:
+    """What can be said of a plan's sparsity: TensorRT's inspector does not give weights, so the
+    sidecar's build flag, and the 2:4 conformance of the source ONNX when it is still there with
+    the hash the plan was built from."""
+    from toolkit.artifacts import sha256
+    from toolkit.sparsity import onnx_conformance, parse_pattern
+
+    out = {"sparse_weights": bool(sidecar.get("build", {}).get("sparse_weights", False)),
+           "source_conformance": None, "note": None}
+    source = Path(sidecar.get("source_onnx", ""))
+    if not source.is_file():
+        out["note"] = f"source ONNX {source} is not here: its weights cannot be checked"
+    elif sha256(source) != sidecar.get("source_onnx_sha256"):
+        out["note"] = f"{source} changed since the build: its weights are not the plan's"
+    else:
+        report = onnx_conformance(source, parse_pattern(pattern))
+        out["source_conformance"] = {"pattern": report["pattern"],
+                                     "conforming_share": report["conforming_share"],
+                                     "layers": len(report["layers"])}
+    return out
 
 
 def format_inspection(result: dict) -> str:
@@ -378,6 +409,13 @@ def format_inspection(result: dict) -> str:
     model = s["model"]
     lines.append(f"model: {len(model.get('labels', []))} labels, image {model.get('image_size')} "
                  f"px, max_length {model.get('max_length')}, toolkit {model.get('toolkit_version')}")
+    sparsity = result.get("sparsity")
+    if sparsity is not None:
+        conf = sparsity["source_conformance"]
+        lines.append(f"sparse weights (builder flag): {'on' if sparsity['sparse_weights'] else 'off'}"
+                     + (f"; source ONNX {conf['pattern']} conformance "
+                        f"{conf['conforming_share']:.2%} over {conf['layers']} layers" if conf
+                        else f"; {sparsity['note']}"))
     if result["layers"] is None:
         lines.append(result["note"])
     else:

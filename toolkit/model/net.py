@@ -77,15 +77,19 @@ class DualModalNet(nn.Module):
         xy = GridPosition.centres(h, w, tokens)  # (h*w, 2)
         return tokens + self.position(xy), xy  # (B, h*w, D)
 
-    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                image_index: torch.Tensor | None = None) -> torch.Tensor:
+    def fused(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """The fusion's output (B, D), which the head classifies (distillation matches it)."""
         v, xy = self._tokens(image)  # (B, N, D), (N, 2) or None
         if image_index is not None:
             # Training shares one image among its questions: (K, N, D) -> (B, N, D).
             v = v[image_index]
         t = self.text_proj(self.text(input_ids, attention_mask))  # (B, L, D)
-        fused = self.fusion(v, t, attention_mask, xy)  # (B, D)
-        return self.head(fused)  # (B, num_classes)
+        return self.fusion(v, t, attention_mask, xy)  # (B, D)
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.fused(image, input_ids, attention_mask, image_index))  # (B, classes)
 
 
 def count_parameters(model: nn.Module) -> int:
