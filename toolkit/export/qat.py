@@ -237,6 +237,11 @@ def prepare(gm, sites: list[Site], scales: dict[str, float]) -> list[FakeQuant]:
             args[arg] = q
             node.args = tuple(args)
             quants.append(fq)
+    # The attention above returns another memory layout than the fused kernel it replaces, and
+    # a later `view` of the program may rely on the kernel's; `reshape` is `view` where possible.
+    for n in gm.graph.nodes:
+        if n.target is torch.ops.aten.view.default:
+            n.target = torch.ops.aten.reshape.default
     gm.graph.lint()
     gm.recompile()
     missing = sorted({f.tensor for f in quants if f.kind == "act" and f.tensor not in scales})
@@ -246,9 +251,11 @@ def prepare(gm, sites: list[Site], scales: dict[str, float]) -> list[FakeQuant]:
     return quants
 
 
-def fake_quant_model(ck, opset: int, batches: list[dict[str, np.ndarray]], method, work: Path):
-    """The checkpoint as a fake-INT8 torch.fx GraphModule, its FP32 ONNX graph (saved in `work`)
-    and the activation scales by ONNX tensor name, calibrated on `batches` as the PTQ path does."""
+def fake_quant_model(ck, opset: int, batches: list[dict[str, np.ndarray]], method, work: Path,
+                     scales: dict[str, float] | None = None):
+    """The checkpoint as a fake-INT8 torch.fx GraphModule, its FP32 ONNX graph (saved in `work`
+    as model.fp32.onnx) and its quantizers. Activation scales are calibrated on `batches` as the
+    PTQ path does, unless given (`scales`, by ONNX tensor name: a QAT run's stored ones)."""
     from toolkit.artifacts import ArtifactMetadata
     from toolkit.config import Precision
     from toolkit.export import graph, int8
@@ -259,8 +266,9 @@ def fake_quant_model(ck, opset: int, batches: list[dict[str, np.ndarray]], metho
     torch_onnx.check_io(model, ck)
     graph.set_metadata(model, ArtifactMetadata.for_checkpoint(ck, Precision.fp32))
     fp32 = graph.save(model, work / "model.fp32.onnx")
-    ranges = int8.calibrate(fp32, batches, method, work)
-    scales = {name: int8.symmetric_scale(lo, hi) for name, (lo, hi) in ranges.items()}
+    if scales is None:
+        ranges = int8.calibrate(fp32, batches, method, work)
+        scales = {name: int8.symmetric_scale(lo, hi) for name, (lo, hi) in ranges.items()}
     gm = program.exported_program.module()
     quants = prepare(gm, plan(model, gm), scales)
     return gm, model, quants
