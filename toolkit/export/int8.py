@@ -94,7 +94,8 @@ def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray
                               "int8); export this run with --target tensorrt")
         # TensorQuantOverrides (quantize_static's docstring): a per-tensor scale and zero point
         # replace what calibration found for that tensor.
-        extra["TensorQuantOverrides"] = {name: [{"scale": np.float32(s), "zero_point": np.int8(0)}]
+        extra["TensorQuantOverrides"] = {name: [{"scale": np.array(s, np.float32),
+                                                 "zero_point": np.array(0, np.int8)}]
                                          for name, s in scales.items()}
     calib = {CalibMethod.minmax: CalibrationMethod.MinMax,
              CalibMethod.entropy: CalibrationMethod.Entropy,
