@@ -23,6 +23,7 @@ of calibrated ones, so the QDQ graph is the PTQ graph with the learned numbers.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -283,7 +284,7 @@ def _torch(feed: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def _measure(ck, gm, rows, n: int, batch_size: int = 50) -> dict:
+def _measure(ck, teacher, gm, rows, n: int, batch_size: int = 50) -> dict:
     """Held-out accuracy of the FP32 model and of the fake-INT8 one, and their top-1 agreement,
     on the first `n` rows (no batch of one: the exported program's batch axis starts at 2)."""
     from toolkit.export import samples
@@ -296,7 +297,7 @@ def _measure(ck, gm, rows, n: int, batch_size: int = 50) -> dict:
     ref, cand = [], []
     for start in range(0, n, batch_size):
         x = _torch(samples.batch(ck, rows, np.arange(start, min(start + batch_size, n))))
-        ref.append(ck.model(*x).argmax(-1))
+        ref.append(teacher(*x).argmax(-1))
         cand.append(gm(*x).argmax(-1))
     ref, cand = torch.cat(ref).numpy(), torch.cat(cand).numpy()
     labels = rows.labels[:n]
@@ -334,6 +335,9 @@ def qat(cfg: QatConfig, log=lambda *_: None) -> Path:
         raise QatError(f"{data} has {len(train_rows)} usable training row(s); QAT needs at least 2")
 
     torch.manual_seed(cfg.seed)
+    # The FP32 model as it was, for distillation and the before/after numbers (the exported
+    # program may share its parameters, which fine-tuning changes).
+    teacher = copy.deepcopy(ck.model).eval().requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="toolkit-qat-") as work:
         log(f"exporting {ck.path} to FP32 ONNX and calibrating on {cfg.calib_samples} rows "
             f"({cfg.calib_method.value})")
@@ -341,7 +345,7 @@ def qat(cfg: QatConfig, log=lambda *_: None) -> Path:
     counts = {k: sum(q.kind == k for q in quants) for k in ("act", "const", "weight")}
     log(f"fake quantization: {counts['weight']} weights per channel, {counts['act']} activation "
         f"inputs and {counts['const']} computed weight(s) per tensor")
-    before = _measure(ck, gm, val_rows, cfg.eval_samples)
+    before = _measure(ck, teacher, gm, val_rows, cfg.eval_samples)
     if before:
         log(f"before: fake INT8 {before['fake_int8_accuracy']:.2%} vs FP32 "
             f"{before['fp32_accuracy']:.2%}, agreement {before['agreement']:.2%}")
@@ -359,9 +363,9 @@ def qat(cfg: QatConfig, log=lambda *_: None) -> Path:
         loss = (1 - cfg.distill) * ce(logits, target)
         if cfg.distill:
             with torch.no_grad():
-                teacher = ck.model(*x).log_softmax(-1)
+                soft = teacher(*x).log_softmax(-1)
             loss = loss + cfg.distill * nn.functional.kl_div(
-                logits.log_softmax(-1), teacher, log_target=True, reduction="batchmean")
+                logits.log_softmax(-1), soft, log_target=True, reduction="batchmean")
         if not torch.isfinite(loss):
             raise QatError(f"QAT loss is {loss.item()} at step {step}; lower --lr")
         opt.zero_grad(set_to_none=True)
@@ -373,7 +377,7 @@ def qat(cfg: QatConfig, log=lambda *_: None) -> Path:
             log(f"step {step}/{cfg.steps}: loss {np.mean(history[-50:]):.4f}")
 
     gm(*_torch(samples.batch(ck, train_rows, np.arange(min(2, len(train_rows))))))  # const scales
-    after = _measure(ck, gm, val_rows, cfg.eval_samples)
+    after = _measure(ck, teacher, gm, val_rows, cfg.eval_samples)
     if after:
         log(f"after: fake INT8 {after['fake_int8_accuracy']:.2%}, agreement with the FP32 "
             f"source {after['agreement']:.2%}")
