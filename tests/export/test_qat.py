@@ -130,10 +130,12 @@ def test_qat_export_uses_the_stored_scales_not_calibration(qat_export):
 
 
 def test_exported_onnx_matches_the_fake_quantized_model(qat_export):
-    """The QDQ graph in ONNX Runtime against the fake-INT8 PyTorch model on real rows. Measured:
-    max abs difference about 1e-3 of the logits' range where FP32 against INT8 differs by
-    several percent (the rest is float rounding that can flip a value onto the next int8 step);
-    the bound, 1% of the range and a tenth of the INT8-vs-FP32 error, leaves room for that."""
+    """The QDQ graph in ONNX Runtime against the fake-INT8 PyTorch model on real rows. They differ
+    only by float rounding (another order of sums, BatchNorm folded into the convolution before
+    rounding instead of after), which can move a value onto the next int8 step; the bound, 1% of
+    the logits' range and a tenth of the INT8-vs-FP32 difference, says the fake quantizers sit
+    where the Q/DQ pairs are and use their scales (a misplaced or missing one costs as much as
+    INT8 itself). The measured figure is printed (pytest -s)."""
     from toolkit.export import samples
     from toolkit.runtime.ort_runner import OnnxRuntimeRunner
 
@@ -176,9 +178,9 @@ def test_training_changes_the_weights_and_records_the_run(tiny_qat, tiny_run):
 
 
 def test_the_qat_export_goes_through_parity_as_int8(qat_export, tiny_qat, tiny_data, tmp_path):
-    from toolkit.export.graph import get_metadata
-
     import onnx
+
+    from toolkit.export.graph import get_metadata
 
     meta = get_metadata(onnx.load(str(qat_export["result"].path)))
     assert meta.precision == "int8" and meta.extra["target"] == "tensorrt" and meta.extra["qat"]
@@ -192,8 +194,9 @@ def test_the_qat_export_goes_through_parity_as_int8(qat_export, tiny_qat, tiny_d
 
 
 def test_stored_scales_that_do_not_fit_the_graph_are_refused(qat_export, tiny_qat, tmp_path):
-    import onnx
     import shutil
+
+    import onnx
 
     from toolkit.export.graph import ExportError
     from toolkit.export.qat import stored_scales
