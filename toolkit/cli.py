@@ -381,6 +381,42 @@ def parity(
         raise typer.Exit(1)
 
 
+@app.command()
+@friendly
+def qat(
+    checkpoint: Path = typer.Option(..., exists=True, file_okay=False,
+                                    help="Run directory to fine-tune (runs/<name>)."),
+    out: Path = typer.Option(..., help="The new run directory, e.g. runs/<name>-qat."),
+    calibration: Optional[Path] = typer.Option(None, exists=True,
+                                               help="Calibration dataset or manifest: the "
+                                               "activation ranges, as for --precision int8."),
+    steps: int = typer.Option(300, help="Fine-tuning steps."),
+    lr: float = typer.Option(1e-5, help="Learning rate (AdamW, constant)."),
+    batch_size: int = typer.Option(32),
+    calib_samples: int = typer.Option(256, help="Calibration rows."),
+    calib_method: CalibMethod = typer.Option(CalibMethod.minmax),
+    data: Optional[Path] = typer.Option(None, exists=True,
+                                        help="Fine-tuning rows (default: the run's data)."),
+    distill: float = typer.Option(0.5, help="Weight of agreeing with the FP32 model (KL) "
+                                  "against fitting the labels (cross-entropy), 0..1."),
+    eval_samples: int = typer.Option(1000, help="Held-out rows for the before/after numbers."),
+    which: str = typer.Option("best", help="best or last weights."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Quantization-aware fine-tuning for INT8 (tensorrt target); export OUT with --precision int8."""
+    from toolkit.config import QatConfig
+    from toolkit.export.qat import qat as run_qat
+
+    cfg = QatConfig(checkpoint=str(checkpoint), calibration=str(calibration) if calibration
+                    else None, out=str(out), steps=steps, lr=lr, batch_size=batch_size,
+                    calib_samples=calib_samples, calib_method=calib_method,
+                    data=str(data) if data else None, distill=distill, eval_samples=eval_samples,
+                    which=which, seed=seed)
+    path = run_qat(cfg, log=console.print)
+    console.print(f"wrote {path}; export it with `toolkit export --checkpoint {path} "
+                  "--precision int8 --calibration DATA`")
+
+
 # ---- TensorRT build and inspect (issue 4)
 
 

@@ -386,6 +386,44 @@ class Int8Config:
 
 
 @dataclass(frozen=True)
+class QatConfig:
+    """Quantization-aware fine-tuning of a run for the `tensorrt` INT8 target (toolkit.export.qat)."""
+
+    checkpoint: str  # runs/<name>: the FP32 run to fine-tune
+    calibration: str | None  # dataset folder or manifest: the activation ranges (as the PTQ path)
+    out: str  # the new run directory, e.g. runs/<name>-qat
+    steps: int = 300
+    lr: float = 1e-5  # a small step: the weights only move to fit the INT8 grid
+    batch_size: int = 32
+    calib_samples: int = 256
+    calib_method: CalibMethod = CalibMethod.minmax
+    # Fine-tuning rows (the training split); None: the run's own training data.
+    data: str | None = None
+    # Weight of the distillation term (KL to the FP32 model's answers) against cross-entropy on
+    # the labels: 1 = only agree with FP32, 0 = only fit the labels.
+    distill: float = 0.5
+    eval_samples: int = 1000  # held-out rows for the before/after accuracy of the fake-INT8 model
+    which: str = "best"
+    seed: int = 0
+    opset: int = 20
+
+    def __post_init__(self) -> None:
+        if not self.calibration:
+            raise ConfigError("QAT needs calibration data for the activation ranges: pass "
+                              "--calibration DATA (a dataset folder or manifest)")
+        if self.steps < 1:
+            raise ConfigError(f"--steps must be >= 1, got {self.steps}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.batch_size < 2:  # the exported graph's batch axis is dynamic from 2 up
+            raise ConfigError(f"--batch-size must be >= 2, got {self.batch_size}")
+        if self.calib_samples < 1 or self.eval_samples < 0:
+            raise ConfigError("--calib-samples must be >= 1 and --eval-samples >= 0")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"--distill must be in [0, 1], got {self.distill}")
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     checkpoint: str  # runs/<name>
     out: str  # the .onnx file to write

@@ -73,9 +73,11 @@ class Reader:
 
 
 def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray]],
-             target: Int8Target, method: CalibMethod, exclude: tuple[ComputeOp, ...] = ()) -> None:
+             target: Int8Target, method: CalibMethod, exclude: tuple[ComputeOp, ...] = (),
+             scales: dict[str, float] | None = None) -> None:
     """Write the QDQ model for `target` to `out_path`, calibrated on `batches`; the op types in
-    `exclude` keep float inputs."""
+    `exclude` keep float inputs. `scales` (tensor name -> scale, zero point 0) replace the
+    calibrated scales of those tensors: quantization-aware fine-tuning's learned ones."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
 
@@ -86,6 +88,15 @@ def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray
     extra = {"ActivationSymmetric": recipe.activation_symmetric, "WeightSymmetric": True,
              # BERT's linears are MatMul with the weight as input 1: its output axis is 1.
              "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, **dict(recipe.extra)}
+    if scales:
+        if target is not Int8Target.tensorrt:
+            raise ExportError("learned INT8 scales follow the tensorrt target's rules (symmetric "
+                              "int8); export this run with --target tensorrt")
+        # TensorQuantOverrides (quantize_static's docstring): a per-tensor scale and zero point
+        # replace what calibration found for that tensor.
+        extra["TensorQuantOverrides"] = {name: [{"scale": np.array(s, np.float32),
+                                                 "zero_point": np.array(0, np.int8)}]
+                                         for name, s in scales.items()}
     calib = {CalibMethod.minmax: CalibrationMethod.MinMax,
              CalibMethod.entropy: CalibrationMethod.Entropy,
              CalibMethod.percentile: CalibrationMethod.Percentile}[method]
@@ -101,6 +112,51 @@ def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray
     except Exception as e:
         raise ExportError(f"INT8 quantization of {fp32_path} failed: {type(e).__name__}: "
                           f"{str(e)[:400]}") from e
+
+
+def quantized_inputs(model, exclude: tuple[ComputeOp, ...] = ()) -> list[tuple]:
+    """Where `quantize` puts Q/DQ: (node, input index, is an initializer) for inputs 0 and 1 of
+    every Conv/MatMul/Gemm not excluded (input 2, the bias, stays float). An initializer is a
+    weight (int8 per channel); anything else is an activation (one scale per tensor)."""
+    inits = {t.name for t in model.graph.initializer}
+    floats = {e.value for e in exclude}
+    return [(n, i, n.input[i] in inits) for n in model.graph.node
+            if n.op_type in QUANTIZED_OPS and n.op_type not in floats for i in (0, 1)]
+
+
+def calibrate(fp32_path: Path, batches: list[dict[str, np.ndarray]], method: CalibMethod,
+              work_dir: Path) -> dict[str, tuple[float, float]]:
+    """Each calibrated tensor's (min, max) over `batches`: the calibrator quantize_static builds
+    (same op types, method and defaults), run on its own so that its ranges can be kept."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    calib = {CalibMethod.minmax: CalibrationMethod.MinMax,
+             CalibMethod.entropy: CalibrationMethod.Entropy,
+             CalibMethod.percentile: CalibrationMethod.Percentile}[method]
+    try:
+        calibrator = create_calibrator(Path(fp32_path), list(QUANTIZED_OPS),
+                                       augmented_model_path=str(work_dir / "augmented.onnx"),
+                                       calibrate_method=calib,
+                                       providers=["CPUExecutionProvider"])
+        calibrator.collect_data(Reader(batches))
+        ranges = calibrator.compute_data()
+    except Exception as e:
+        raise ExportError(f"INT8 calibration of {fp32_path} failed: {type(e).__name__}: "
+                          f"{str(e)[:400]}") from e
+    return {name: tuple(float(np.asarray(v).reshape(-1)[0]) for v in ranges[name].range_value)
+            for name in ranges.data}
+
+
+def symmetric_scale(lo: float, hi: float) -> float:
+    """The tensorrt recipe's scale for a calibrated range, computed as quantize_static does
+    (onnxruntime.quantization.quant_utils.compute_scale_zp, symmetric int8 [-127, 127])."""
+    from onnx import TensorProto
+    from onnxruntime.quantization.quant_utils import compute_scale_zp, get_qmin_qmax_for_qType
+
+    qmin, qmax = get_qmin_qmax_for_qType(TensorProto.INT8, symmetric=True)
+    _, scale = compute_scale_zp(np.array(lo, np.float32), np.array(hi, np.float32), qmin, qmax,
+                                symmetric=True)
+    return float(np.float32(scale))
 
 
 def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = ()) -> dict:

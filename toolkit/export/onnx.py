@@ -40,6 +40,14 @@ def example_inputs(ck):
 
 def to_onnx(ck, opset: int):
     """The checkpoint's model as an in-memory ONNX ModelProto (FP32, dynamic batch and seq)."""
+    model = export_program(ck, opset).model_proto
+    check_io(model, ck)
+    return model
+
+
+def export_program(ck, opset: int):
+    """torch.onnx's ONNXProgram for the checkpoint: `.model_proto`, and `.exported_program`, the
+    torch.export program it was translated from (QAT rewrites that graph)."""
     import torch
 
     log = io.StringIO()
@@ -57,9 +65,7 @@ def to_onnx(ck, opset: int):
         tail = "\n".join(log.getvalue().strip().splitlines()[-5:])
         raise ExportError(f"torch.onnx.export (dynamo) failed for {ck.path}: "
                           f"{type(e).__name__}: {str(e)[:500]}\n{tail}") from e
-    model = program.model_proto
-    check_io(model, ck)
-    return model
+    return program
 
 
 def check_io(model, ck) -> None:

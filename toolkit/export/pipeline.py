@@ -16,7 +16,7 @@ import numpy as np
 
 from toolkit.artifacts import ArtifactMetadata, atomic_path, read_onnx_metadata, sha256
 from toolkit.compare import Comparison
-from toolkit.config import TOLERANCES, ExportConfig, Precision
+from toolkit.config import TOLERANCES, ExportConfig, Int8Target, Precision
 from toolkit.export import graph, samples
 from toolkit.export.graph import ExportError
 
@@ -136,19 +136,27 @@ def _calibration(ck, cfg: ExportConfig) -> list[dict[str, np.ndarray]]:
 
 def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batches, log):
     from toolkit.config import Tolerance
-    from toolkit.export import int8
+    from toolkit.export import int8, qat
 
     q = cfg.int8
+    # A run from `toolkit qat` carries its learned activation scales: they replace calibration's.
+    scales = qat.stored_scales(ck.path, graph.load(fp32_path))
+    if scales is not None and (q.target is not Int8Target.tensorrt or cfg.exclude_op_types):
+        raise ExportError(f"{ck.path} was fine-tuned for the tensorrt target with every Conv, "
+                          "MatMul and Gemm quantized; export it with --target tensorrt and no "
+                          "--exclude-op-type")
+    if scales is not None:
+        log(f"using the {len(scales)} activation scales learned by toolkit qat")
     floats = ", ".join(o.value for o in cfg.exclude_op_types)
     log(f"calibrating on {q.samples} rows ({q.method.value}), target {q.target.value}"
         + (f", {floats} kept in float" if floats else ""))
     with atomic_path(out) as tmp:
-        int8.quantize(fp32_path, tmp, batches, q.target, q.method, cfg.exclude_op_types)
+        int8.quantize(fp32_path, tmp, batches, q.target, q.method, cfg.exclude_op_types, scales)
         model = graph.load(tmp)
         checks = int8.check_qdq(model, q.target, cfg.exclude_op_types)
         graph.set_metadata(model, ArtifactMetadata.for_checkpoint(ck, Precision.int8, {
             **extra, "target": q.target.value, "calib_method": q.method.value,
-            "calib_samples": q.samples,
+            "calib_samples": q.samples, "qat": scales is not None,
             "exclude_op_types": [o.value for o in cfg.exclude_op_types], **checks}))
         graph.save(model, tmp)
         # INT8 is judged on decisions and held-out accuracy by `toolkit parity` (the tolerance
