@@ -180,9 +180,14 @@ class Batcher:
     # ------------------------------------------------------------------ the worker
 
     def _run(self) -> None:
+        batch: list[_Request] = []
         try:
             while (batch := self._collect()) is not None:
                 self._answer(batch)
+        except BaseException as e:  # a bug here, not a request's fault: fail what it held
+            _fail(batch, BatcherClosedError(f"the batcher's worker stopped ({type(e).__name__}: "
+                                            f"{e}); close it and make a new one"))
+            raise
         finally:  # however the worker ends, nobody is left waiting on a future
             self.close()
 
