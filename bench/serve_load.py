@@ -164,6 +164,8 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=64, help="distinct requests, cycled")
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--max-delay-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="the service's --threads (ONNX Runtime intra-op), both modes")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--modes", default="unbatched,batched")
     ap.add_argument("--server", default=str(REPO / "examples" / "serve.py"),
@@ -182,6 +184,7 @@ def main() -> None:
               for im, q in requests]
     flags = {"unbatched": [], "batched": ["--max-batch", str(a.max_batch),
                                           "--max-delay-ms", str(a.max_delay_ms)]}
+    common = ["--threads", str(a.threads)] if a.threads else []
     report = {"command": "python bench/serve_load.py " + " ".join(sys.argv[1:]),
               "machine": {"node": platform.node(), "cpus": os.cpu_count(),
                           "python": platform.python_version(),
@@ -191,7 +194,7 @@ def main() -> None:
     for mode in a.modes.split(","):
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-load-{mode}-{os.getpid()}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {mode}: starting the service", file=sys.stderr)
-        with Service(Path(a.server), a.model, flags[mode], log) as svc:
+        with Service(Path(a.server), a.model, common + flags[mode], log) as svc:
             result = run_load(svc, bodies, want, a.clients, a.requests, a.warmup)
             result["service"] = svc.get("/health").get("batching")
         stderr = log.read_text()

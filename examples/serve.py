@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="ONNX Runtime intra-op threads [its default: one per core]")
     ap.add_argument("--max-batch", type=int, default=1,
                     help="batch up to this many concurrent requests per backend call "
                          "(1, the default: no batching)")
@@ -154,7 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         batching = BatchConfig(args.max_batch, args.max_delay_ms)
-        predictor = Predictor.load(args.model, device=args.device)
+        if args.threads is not None and args.threads < 1:
+            raise ToolkitError(f"--threads must be >= 1, got {args.threads}")
+        predictor = Predictor.load(args.model, device=args.device, threads=args.threads)
     except ToolkitError as e:
         sys.exit(f"error: {e}")
     batcher = Batcher(predictor, batching) if batching.max_batch > 1 else None
