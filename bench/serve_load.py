@@ -107,10 +107,8 @@ def post(host: str, port: int, body: bytes) -> tuple[int, dict]:
         conn.close()
 
 
-def run_load(svc: Service, bodies: list[bytes], want: list[dict], clients: int, per_client: int,
-             warmup: int) -> dict:
-    for k in range(warmup):
-        post(svc.host, svc.port, bodies[k % len(bodies)])
+def run_load(svc: Service, bodies: list[bytes], want: list[dict], clients: int, per_client: int
+             ) -> dict:
     start = threading.Barrier(clients + 1)
 
     def client(c: int) -> list[tuple]:
@@ -195,13 +193,17 @@ def main() -> None:
         log = Path(os.environ.get("TMPDIR", "/tmp")) / f"serve-load-{mode}-{os.getpid()}.log"
         print(f"[{time.strftime('%H:%M:%S')}] {mode}: starting the service", file=sys.stderr)
         with Service(Path(a.server), a.model, common + flags[mode], log) as svc:
-            result = run_load(svc, bodies, want, a.clients, a.requests, a.warmup)
-            result["service"] = svc.get("/health").get("batching")
+            for k in range(a.warmup):
+                post(svc.host, svc.port, bodies[k % len(bodies)])
+            before = svc.get("/health").get("batching")
+            result = run_load(svc, bodies, want, a.clients, a.requests)
+            result["service"] = after = svc.get("/health").get("batching")
         stderr = log.read_text()
         result["service_tracebacks"] = stderr.count("Traceback")
-        batching = result["service"]
-        if batching:
-            result["mean_batch"] = round(batching["answered"] / max(1, batching["calls"]), 2)
+        if after:  # requests per backend call during the load (the warm-up left out)
+            calls = after["calls"] - before["calls"]
+            result["mean_batch"] = round((after["answered"] - before["answered"]) / max(1, calls),
+                                         2)
         report["modes"][mode] = result
         print(f"[{time.strftime('%H:%M:%S')}] {mode}: {json.dumps(result)}", file=sys.stderr)
     modes = report["modes"]

@@ -17,7 +17,7 @@ one so that each caller gets its own answer or its own error.
 Answers equal unbatched `Predictor.predict` calls: the same preprocessing, and in a batch each
 question is right-padded to the batch's longest with the attention mask at 0, which the model
 ignores (masked attention and masked mean); only the float summation order of a larger matrix
-product differs, so probabilities agree to float32 rounding (measured: within 1e-7), not bit for bit.
+product differs, so probabilities agree to float32 rounding (measured: within 1e-7), not bitwise.
 
 The artifact's batch limits are respected: a TensorRT plan's profile (batches of at most its
 maximum; a smaller batch is padded up to its minimum, by repeating the last request, and the
