@@ -162,7 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     except ToolkitError as e:
         sys.exit(f"error: {e}")
     batcher = Batcher(predictor, batching) if batching.max_batch > 1 else None
-    server = make_server(predictor, args.host, args.port, batcher)
+    try:
+        server = make_server(predictor, args.host, args.port, batcher)
+    except OSError as e:  # the port is taken, or the host is not this machine's
+        if batcher is not None:
+            batcher.close()
+        predictor.close()
+        sys.exit(f"error: cannot listen on {args.host}:{args.port} ({e.strerror or e}); "
+                 "pick another --port or --host")
     mode = (f", batches of up to {batcher.max_batch} within {batching.max_delay_ms:g} ms"
             if batcher else "")
     print(f"serving {args.model} ({predictor.backend.value}{mode}) on "

@@ -180,3 +180,13 @@ def test_a_missing_model_exits_with_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         serve.main([str(tmp_path / "nope.onnx")])
     assert e.value.code.startswith("error: ") and "does not exist" in e.value.code
+
+
+def test_a_taken_port_exits_with_one_line(tiny_onnx):
+    serve = _load_example()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(SystemExit) as e:
+            serve.main([str(tiny_onnx.path), "--port", str(taken.getsockname()[1])])
+    assert e.value.code.startswith("error: cannot listen on 127.0.0.1:")
