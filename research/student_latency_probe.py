@@ -1,6 +1,6 @@
 """ONNX Runtime latency at batch 1 of candidate student widths against `small`, seeded weights.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/student_latency_probe.py --work /tmp/probe [NAME...]
+    PYTHONPATH=. OMP_NUM_THREADS=1 python research/student_latency_probe.py --work /tmp/probe [NAME...]
 
 Each candidate is `small` with the model fields below replaced (`micro` is "m2"), exported with
 toolkit.export.onnx.to_onnx and timed on one thread, 32 tokens, 20 warm-up and 300 timed calls;
