@@ -440,6 +440,8 @@ class ParityConfig:
     samples: int | None = None  # first N rows of the split; None = all
     batch_size: int = 32
     which: str = "best"
+    # --layerwise: the FP32 .onnx the candidate was made from (every tensor is compared with it).
+    reference_onnx: str | None = None
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:
