@@ -223,6 +223,11 @@ def export_(
     target: Int8Target = typer.Option(Int8Target.tensorrt, help="INT8: QDQ flavour."),
     exclude_op_type: list[ComputeOp] = typer.Option(
         [], help="fp16/int8: keep this op type in FP32 (repeat for more)."),
+    auto_fallback: bool = typer.Option(
+        False, "--auto-fallback", help="fp16/int8: keep the fewest Conv/MatMul/Gemm nodes in "
+        "float that meet the precision's tolerance on held-out rows (recorded in the metadata)."),
+    fallback_samples: int = typer.Option(1000, min=1,
+                                         help="--auto-fallback: held-out rows of each trial."),
     which: str = typer.Option("best", help="best or last weights."),
     format: ArtifactFormat = typer.Option(ArtifactFormat.onnx,
                                           help="engine: also build a TensorRT plan from the "
@@ -244,7 +249,8 @@ def export_(
     cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=precision, which=which,
                          data=str(data) if data else None, fp16_io=fp16_io, int8=int8,
                          fp32_source=str(from_onnx) if from_onnx else None,
-                         exclude_op_types=tuple(exclude_op_type))
+                         exclude_op_types=tuple(exclude_op_type), auto_fallback=auto_fallback,
+                         fallback_samples=fallback_samples)
     result = export(cfg, log=console.print)
     console.print(result.comparison.report())
     size = result.path.stat().st_size / 2**20
