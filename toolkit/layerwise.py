@@ -299,8 +299,9 @@ def layerwise(reference_onnx: str | Path, candidate_onnx: str | Path,
               feeds: Iterable[Mapping[str, np.ndarray]], threads: int | None = None
               ) -> LayerwiseReport:
     """compare_graphs on two files, once their records show the same FP32 export."""
+    import onnx
+
     from toolkit.artifacts import read_onnx_metadata
-    from toolkit.export import graph
 
     ref_meta, cand_meta = read_onnx_metadata(reference_onnx), read_onnx_metadata(candidate_onnx)
     if ref_meta.precision != "fp32":
@@ -311,5 +312,6 @@ def layerwise(reference_onnx: str | Path, candidate_onnx: str | Path,
             f"{candidate_onnx} and {reference_onnx} come from different weights (sha256 "
             f"{cand_meta.source_sha256[:12]} vs {ref_meta.source_sha256[:12]}); pass the FP32 "
             "export the candidate was made from, or export both again from one checkpoint")
-    return compare_graphs(graph.load(reference_onnx), graph.load(candidate_onnx), feeds,
+    # Both files were read by read_onnx_metadata above: they are ONNX.
+    return compare_graphs(onnx.load(str(reference_onnx)), onnx.load(str(candidate_onnx)), feeds,
                           cand_meta.precision, threads, (str(reference_onnx), str(candidate_onnx)))
