@@ -107,7 +107,8 @@ def keep_float(qdq, fp32, nodes) -> object:
     """A copy of the QDQ graph in which the named nodes read the float tensors they read in the
     FP32 graph it was quantized from (node names are kept by quantize_static): their
     DequantizeLinear inputs are bypassed, float weights come back from `fp32`, and the Q/DQ
-    nodes and int8 weights nobody reads any more are dropped."""
+    nodes and int8 weights nobody reads any more are dropped. Keeping every compute node float
+    gives back the FP32 graph."""
     import onnx
 
     nodes = set(nodes)
@@ -132,6 +133,21 @@ def keep_float(qdq, fp32, nodes) -> object:
                 if r.input[i] in ref_inits and r.input[i] not in have:
                     g.initializer.append(ref_inits[r.input[i]])
                     have.add(r.input[i])
+    # ORT's quantizer also hands the dequantized tensor to the float ops that read it (Shape, a
+    # residual Add); once no INT8 compute op reads a QDQ pair, they get the float tensor back.
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    outputs = {o.name for o in g.output}
+    for dq in g.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or dq.output[0] in outputs:
+            continue
+        users = readers.get(dq.output[0], [])
+        if not any(u.op_type in QUANTIZED_OPS and u.name not in nodes for u in users):
+            for u in users:
+                u.input[:] = [q.input[0] if x == dq.output[0] else x for x in u.input]
     # Dead-code elimination, last node first: keep what the outputs need.
     needed = {o.name for o in g.output}
     keep = []
