@@ -282,7 +282,8 @@ def compare_graphs(reference, candidate, feeds: Iterable[Mapping[str, np.ndarray
         a = accs[o]
         ins = [rel[x] for x in n.input if x in rel and x not in inits]
         nodes.append(NodeError(i, n.name, n.op_type, o, match[o], a.shape, a.max_abs, a.scale,
-                               rel[o], a.sum_abs / max(a.count, 1), a.cosine, max(ins, default=0.0)))
+                               rel[o], a.sum_abs / max(a.count, 1), a.cosine,
+                               max(ins, default=0.0)))
     floor = JUMP_FLOOR.get(precision, JUMP_FLOOR["int8"])
     jump = first_jump([x.rel for x in nodes], floor)
     rule = (f"the first node whose max abs error over the reference tensor's range exceeds both "

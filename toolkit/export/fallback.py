@@ -68,7 +68,8 @@ class Fallback:
 
 
 def compute_nodes(model, exclude: tuple[str, ...] = ()) -> list[str]:
-    return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS and n.op_type not in exclude]
+    return [n.name for n in model.graph.node
+            if n.op_type in COMPUTE_OPS and n.op_type not in exclude]
 
 
 def logits(model, feeds: list[Mapping[str, np.ndarray]], threads: int | None = None
