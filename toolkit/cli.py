@@ -319,6 +319,11 @@ def export_(
     target: Int8Target = typer.Option(Int8Target.tensorrt, help="INT8: QDQ flavour."),
     exclude_op_type: list[ComputeOp] = typer.Option(
         [], help="fp16/int8: keep this op type in FP32 (repeat for more)."),
+    auto_fallback: bool = typer.Option(
+        False, "--auto-fallback", help="fp16/int8: keep the fewest Conv/MatMul/Gemm nodes in "
+        "float that meet the precision's tolerance on held-out rows (recorded in the metadata)."),
+    fallback_samples: int = typer.Option(1000, min=1,
+                                         help="--auto-fallback: held-out rows of each trial."),
     which: str = typer.Option("best", help="best or last weights."),
     format: ArtifactFormat = typer.Option(ArtifactFormat.onnx,
                                           help="engine: also build a TensorRT plan from the "
@@ -340,7 +345,8 @@ def export_(
     cfg = C.ExportConfig(checkpoint=str(checkpoint), out=str(out), precision=precision, which=which,
                          data=str(data) if data else None, fp16_io=fp16_io, int8=int8,
                          fp32_source=str(from_onnx) if from_onnx else None,
-                         exclude_op_types=tuple(exclude_op_type))
+                         exclude_op_types=tuple(exclude_op_type), auto_fallback=auto_fallback,
+                         fallback_samples=fallback_samples)
     result = export(cfg, log=console.print)
     console.print(result.comparison.report())
     size = result.path.stat().st_size / 2**20
@@ -362,15 +368,30 @@ def parity(
     data: Optional[Path] = typer.Option(None, exists=True,
                                         help="Dataset (default: the run's data)."),
     split: str = typer.Option("val", help="Split inside a dataset folder."),
-    samples: Optional[int] = typer.Option(None, min=1, help="First N rows (default: all)."),
+    samples: Optional[int] = typer.Option(
+        None, min=1, help="First N rows (default: all; with --layerwise 8)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the evidence here."),
+    layerwise: bool = typer.Option(
+        False, "--layerwise", help="Instead: every intermediate tensor against the FP32 export "
+        "(--reference-onnx), per node in graph order, naming the first node whose error jumps."),
+    reference_onnx: Optional[Path] = typer.Option(
+        None, exists=True, dir_okay=False,
+        help="With --layerwise: the FP32 .onnx the candidate was made from."),
 ) -> None:
-    """Compare an exported model with PyTorch; exit 1 when its precision's tolerance is exceeded."""
+    """Compare an exported model with PyTorch; exit 1 when its precision's tolerance is exceeded.
+    With --layerwise, a diagnosis (exit 0 whatever it finds): where the error starts."""
     from toolkit.config import ParityConfig
+    from toolkit.parity import layerwise_parity
     from toolkit.parity import parity as run_parity
 
     cfg = ParityConfig(reference=str(reference), candidate=str(candidate),
-                       data=str(data) if data else None, split=split, samples=samples)
+                       data=str(data) if data else None, split=split, samples=samples,
+                       reference_onnx=str(reference_onnx) if reference_onnx else None)
+    if layerwise:
+        _print_layerwise(layerwise_parity(cfg), json_out)
+        return
+    if reference_onnx:
+        raise ToolkitError("--reference-onnx only applies with --layerwise")
     result = run_parity(cfg)
     console.print(result.report())
     if json_out:
@@ -415,6 +436,34 @@ def qat(
     path = run_qat(cfg, log=console.print)
     console.print(f"wrote {path}; export it with `toolkit export --checkpoint {path} "
                   "--precision int8 --calibration DATA`")
+
+
+def _print_layerwise(report, json_out: Optional[Path]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"layerwise: {report.candidate} ({report.precision}) vs {report.reference}"
+                        f", {report.rows} rows; rel = max abs / the reference tensor's range")
+    for name in ("#", "node", "op", "tensor", "cosine", "max abs", "rel", "added"):
+        table.add_column(name, justify="left" if name in ("node", "op", "tensor") else "right")
+    for k, n in enumerate(report.nodes):
+        style = "bold red" if k == report.jump else None
+        table.add_row(str(n.index), n.node, n.op_type, n.tensor, f"{n.cosine:.6f}",
+                      f"{n.max_abs:.3g}", f"{n.rel:.3g}", f"{n.added:+.3g}", style=style)
+    console.print(table)
+    j = report.first_jump
+    console.print(f"first jump: {j.node} ({j.op_type}, tensor {j.tensor}): rel {j.rel:.3g}, "
+                  f"cosine {j.cosine:.6f}" if j else "first jump: none", highlight=False)
+    console.print(f"jump rule: {report.jump_rule}", highlight=False)
+    console.print(f"{len(report.nodes)} node outputs compared; {report.skipped_non_float} integer "
+                  f"tensor(s) and {report.skipped_unknown_type} without an inferred type skipped",
+                  highlight=False)
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
+    if json_out:
+        from toolkit.artifacts import write_json
+
+        write_json(json_out, report.to_dict())
+        console.print(f"wrote {json_out}")
 
 
 # ---- TensorRT build and inspect (issue 4)

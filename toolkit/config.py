@@ -440,6 +440,10 @@ class ExportConfig:
     # colours the fusion binds: in INT8 they cost 4 points of held-out accuracy, in FP16 they
     # made 8x the logit error of everything else (bench/export.md).
     exclude_op_types: tuple[ComputeOp, ...] = ()
+    # fp16/int8: keep the fewest compute nodes in float that meet the precision's tolerance on
+    # `fallback_samples` held-out rows (export/fallback.py).
+    auto_fallback: bool = False
+    fallback_samples: int = 1000
 
     def __post_init__(self) -> None:
         if self.opset < 17:
@@ -453,6 +457,10 @@ class ExportConfig:
             raise ConfigError("--from-onnx only applies to --precision fp16 or int8")
         if self.exclude_op_types and self.precision is Precision.fp32:
             raise ConfigError("--exclude-op-type only applies to --precision fp16 or int8")
+        if self.auto_fallback and self.precision is Precision.fp32:
+            raise ConfigError("--auto-fallback only applies to --precision fp16 or int8")
+        if self.fallback_samples < 1:
+            raise ConfigError(f"fallback samples must be >= 1, got {self.fallback_samples}")
         if set(self.exclude_op_types) >= set(ComputeOp) and self.precision is Precision.int8:
             raise ConfigError("--exclude-op-type names every quantized op type "
                               f"({', '.join(o.value for o in ComputeOp)}): nothing would be INT8; "
@@ -497,6 +505,8 @@ class ParityConfig:
     samples: int | None = None  # first N rows of the split; None = all
     batch_size: int = 32
     which: str = "best"
+    # --layerwise: the FP32 .onnx the candidate was made from (every tensor is compared with it).
+    reference_onnx: str | None = None
 
     def __post_init__(self) -> None:
         if self.samples is not None and self.samples < 1:

@@ -44,14 +44,15 @@ def _tensor_to_fp16(t):
     return numpy_helper.from_array(_to_fp16_array(numpy_helper.to_array(t)), t.name)
 
 
-def convert(model, keep_fp32: Iterable[str] = DEFAULT_KEEP_FP32, fp16_io: bool = False):
-    """A new ModelProto: float tensors FP16 except the inputs and outputs of `keep_fp32` ops;
-    graph inputs and outputs FP32 unless `fp16_io`."""
+def convert(model, keep_fp32: Iterable[str] = DEFAULT_KEEP_FP32, fp16_io: bool = False,
+            keep_nodes: Iterable[str] = ()):
+    """A new ModelProto: float tensors FP16 except the inputs and outputs of `keep_fp32` ops and
+    of the nodes named in `keep_nodes`; graph inputs and outputs FP32 unless `fp16_io`."""
     import onnx
     from onnx import TensorProto, helper
 
     F32, F16 = TensorProto.FLOAT, TensorProto.FLOAT16
-    keep_fp32 = set(keep_fp32)
+    keep_fp32, keep_nodes = set(keep_fp32), set(keep_nodes)
     model = onnx.ModelProto.FromString(model.SerializeToString())
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
@@ -79,7 +80,8 @@ def convert(model, keep_fp32: Iterable[str] = DEFAULT_KEEP_FP32, fp16_io: bool =
             now[i.name] = F16 if fp16_io else F32
             if fp16_io:
                 i.type.tensor_type.elem_type = F16
-    consumers_fp16 = {name for n in g.node if n.op_type not in keep_fp32 for name in n.input}
+    consumers_fp16 = {name for n in g.node if n.op_type not in keep_fp32
+                      and n.name not in keep_nodes for name in n.input}
     consumed = {name for n in g.node for name in n.input}
     for name, t in inits.items():
         if t.data_type == F32:
@@ -102,7 +104,7 @@ def convert(model, keep_fp32: Iterable[str] = DEFAULT_KEEP_FP32, fp16_io: bool =
         return casts[key]
 
     for n in g.node:
-        want = F32 if n.op_type in keep_fp32 else F16
+        want = F32 if n.op_type in keep_fp32 or n.name in keep_nodes else F16
         if n.op_type not in _ANY_INPUT:
             for k, name in enumerate(n.input):
                 if name in now and now[name] != want:
@@ -149,17 +151,20 @@ def _node_constants_to_fp16(n) -> None:
             raise ExportError(f"Constant {n.name} uses {a.name}; not handled by the FP16 pass")
 
 
-def check_fp16(model, keep_fp32: Iterable[str] = DEFAULT_KEEP_FP32) -> dict:
-    """Structural facts: every float op outside `keep_fp32` computes in FP16. Returns counts."""
+def check_fp16(model, keep_fp32: Iterable[str] = DEFAULT_KEEP_FP32,
+               keep_nodes: Iterable[str] = ()) -> dict:
+    """Structural facts: every float op outside `keep_fp32` (and the nodes named in
+    `keep_nodes`) computes in FP16. Returns counts."""
     import onnx
     from onnx import TensorProto
 
-    keep_fp32 = set(keep_fp32)
+    keep_fp32, keep_nodes = set(keep_fp32), set(keep_nodes)
     m = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in list(m.graph.input) + list(m.graph.value_info) + list(m.graph.output)}
     types |= {t.name: t.data_type for t in m.graph.initializer}
     fp32_ops = [n.name for n in m.graph.node if n.op_type not in keep_fp32 | _ANY_INPUT
+                and n.name not in keep_nodes
                 and any(types.get(x) == TensorProto.FLOAT for x in n.output)]
     if fp32_ops:
         raise ExportError(f"FP16 graph still computes {len(fp32_ops)} op(s) in FP32 outside the "

@@ -159,16 +159,83 @@ def symmetric_scale(lo: float, hi: float) -> float:
     return float(np.float32(scale))
 
 
-def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = ()) -> dict:
+def keep_float(qdq, fp32, nodes) -> object:
+    """A copy of the QDQ graph in which the named nodes read the float tensors they read in the
+    FP32 graph it was quantized from (node names are kept by quantize_static): their
+    DequantizeLinear inputs are bypassed, float weights come back from `fp32`, and the Q/DQ
+    nodes and int8 weights nobody reads any more are dropped. Keeping every compute node float
+    gives back the FP32 graph."""
+    import onnx
+
+    nodes = set(nodes)
+    m = onnx.ModelProto.FromString(qdq.SerializeToString())
+    g = m.graph
+    ref = {n.name: n for n in fp32.graph.node}
+    ref_inits = {t.name: t for t in fp32.graph.initializer}
+    have = {t.name for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    missing = sorted((nodes - {n.name for n in g.node}) | (nodes - set(ref)))
+    if missing:
+        raise ExportError(f"nodes to keep in float are not in both graphs, e.g. {missing[:3]}; "
+                          "the QDQ graph was not quantized from this FP32 graph")
+    for n in g.node:
+        if n.name not in nodes:
+            continue
+        r = ref[n.name]
+        for i, x in enumerate(n.input):
+            p = producer.get(x)
+            if p is not None and p.op_type == "DequantizeLinear" and i < len(r.input):
+                n.input[i] = r.input[i]
+                if r.input[i] in ref_inits and r.input[i] not in have:
+                    g.initializer.append(ref_inits[r.input[i]])
+                    have.add(r.input[i])
+    # ORT's quantizer also hands the dequantized tensor to the float ops that read it (Shape, a
+    # residual Add); once no INT8 compute op reads a QDQ pair, they get the float tensor back.
+    readers: dict[str, list] = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    outputs = {o.name for o in g.output}
+    for dq in g.node:
+        q = producer.get(dq.input[0]) if dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or dq.output[0] in outputs:
+            continue
+        users = readers.get(dq.output[0], [])
+        if not any(u.op_type in QUANTIZED_OPS and u.name not in nodes for u in users):
+            for u in users:
+                u.input[:] = [q.input[0] if x == dq.output[0] else x for x in u.input]
+    # Dead-code elimination, last node first: keep what the outputs need.
+    needed = {o.name for o in g.output}
+    keep = []
+    for n in reversed(g.node):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(n.input)
+    keep.reverse()
+    inits = [t for t in g.initializer if t.name in needed]
+    del g.node[:]
+    g.node.extend(keep)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return m
+
+
+def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = (),
+              float_nodes=()) -> dict:
     """The structural check every INT8 export passes: each Conv/MatMul/Gemm weight comes through a
     DequantizeLinear (float, for the op types in `exclude`), Softmax is not quantized, and for
-    `tensorrt` every zero point is int8 0."""
+    `tensorrt` every zero point is int8 0. `float_nodes` (by name) are kept float, like the
+    excluded op types."""
     from onnx import TensorProto, numpy_helper
 
     g = model.graph
     producer = {o: n for n in g.node for o in n.output}
     inits = {t.name: t for t in g.initializer}
     floats = {e.value for e in exclude}
+    float_nodes = set(float_nodes)
+
+    def kept(n) -> bool:
+        return n.op_type in floats or n.name in float_nodes
 
     def dequantized(n) -> bool:
         return any(producer.get(x) is not None and producer[x].op_type == "DequantizeLinear"
@@ -178,14 +245,14 @@ def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = ()) ->
     weights = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
                and inits[n.input[0]].data_type == TensorProto.INT8]
     missing = [n.name for n in g.node
-               if n.op_type in QUANTIZED_OPS and n.op_type not in floats and not dequantized(n)]
+               if n.op_type in QUANTIZED_OPS and not kept(n) and not dequantized(n)]
     if missing or not weights:
         raise ExportError(f"INT8 graph: {len(missing)} Conv/MatMul/Gemm node(s) have no "
                           f"DequantizeLinear input, e.g. {missing[:3]}; quantization did not "
                           "cover the model")
-    stray = [n.name for n in g.node if n.op_type in floats and dequantized(n)]
+    stray = [n.name for n in g.node if kept(n) and dequantized(n)]
     if stray:
-        raise ExportError(f"INT8 graph quantizes {len(stray)} node(s) of an excluded op type, "
+        raise ExportError(f"INT8 graph quantizes {len(stray)} node(s) kept in float, "
                           f"e.g. {stray[:3]}; they should have stayed float")
     soft = [n.name for n in g.node if n.op_type == "Softmax" and dequantized(n)]
     if soft and target is Int8Target.tensorrt:
@@ -205,8 +272,7 @@ def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = ()) ->
                               f"int8 0, e.g. {bad[:3]}; TensorRT accepts symmetric QDQ only")
     return {"quantize_linear": sum(n.op_type == "QuantizeLinear" for n in g.node),
             "dequantize_linear": sum(n.op_type == "DequantizeLinear" for n in g.node),
-            "quantized_ops": sum(n.op_type in QUANTIZED_OPS and n.op_type not in floats
-                                 for n in g.node),
-            "float_ops": sum(n.op_type in floats for n in g.node),
+            "quantized_ops": sum(n.op_type in QUANTIZED_OPS and not kept(n) for n in g.node),
+            "float_ops": sum(n.op_type in QUANTIZED_OPS and kept(n) for n in g.node),
             "int8_weights": len(weights),
             "zero_points": len(zps)}

@@ -28,6 +28,7 @@ class ExportResult:
     seconds: float
     comparison: Comparison
     checks: dict = field(default_factory=dict)
+    fallback: object = None  # export.fallback.Fallback with --auto-fallback
 
 
 def default_out(precision: Precision, target: str | None = None) -> Path:
@@ -60,6 +61,9 @@ def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
     out = Path(cfg.out)
     if out.suffix != ".onnx":
         raise ExportError(f"output {out} must end in .onnx")
+    if cfg.auto_fallback and rows is None:
+        raise ExportError("--auto-fallback needs held-out rows to judge each choice: pass --data "
+                          f"DATA ({ck.path} records no dataset that still exists)")
     # Calibration rows are read first: too few of them fails before minutes of exporting.
     calib = _calibration(ck, cfg) if cfg.precision is Precision.int8 else None
 
@@ -72,15 +76,30 @@ def export(cfg: ExportConfig, log=lambda *_: None) -> ExportResult:
         fp32_path = out if cfg.precision is Precision.fp32 else graph.tmp_sibling(out, "fp32")
         owned = fp32_path != out
         extra, cmp = _export_fp32(ck, cfg, fp32_path, feeds, rows is not None, log)
+    fb = None
     try:
         if cfg.precision is Precision.fp16:
-            cmp, checks = _fp16(ck, cfg, fp32_path, out, feeds, extra)
+            cmp, checks, fb = _fp16(ck, cfg, fp32_path, out, feeds, extra, rows, log)
         elif cfg.precision is Precision.int8:
-            cmp, checks = _int8(ck, cfg, fp32_path, out, feeds, extra, calib, log)
+            cmp, checks, fb = _int8(ck, cfg, fp32_path, out, feeds, extra, calib, rows, log)
     finally:
         if owned and fp32_path.exists():
             fp32_path.unlink()
-    return ExportResult(out, cfg.precision, time.perf_counter() - t0, cmp, checks)
+    return ExportResult(out, cfg.precision, time.perf_counter() - t0, cmp, checks, fb)
+
+
+def _auto_fallback(ck, cfg: ExportConfig, fp32_model, build, rows, log):
+    """fallback.search on the held-out slice; returns (Fallback, chosen graph)."""
+    from toolkit.export import fallback
+
+    feeds, labels = fallback.heldout_slice(ck, rows, cfg.fallback_samples)
+    rank_rows = [samples.batch(ck, rows, np.array([i]))
+                 for i in range(min(fallback.RANK_ROWS, len(rows)))]
+    candidates = fallback.compute_nodes(fp32_model, tuple(o.value for o in cfg.exclude_op_types))
+    log(f"auto-fallback: {len(candidates)} compute ops, ranked by layerwise error on "
+        f"{len(rank_rows)} rows, bisected on {len(labels)} held-out rows")
+    return fallback.search(fp32_model, build, candidates, feeds, labels,
+                           TOLERANCES[cfg.precision], cfg.precision.value, rank_rows, log)
 
 
 def _export_fp32(ck, cfg: ExportConfig, fp32_path: Path, feeds, real_rows: bool, log):
@@ -111,19 +130,30 @@ def reuse_fp32(ck, path: Path) -> Path:
     return path
 
 
-def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra):
+def _fp16(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, rows, log):
     from toolkit.export import fp16
 
     keep = fp16.DEFAULT_KEEP_FP32 + tuple(o.value for o in cfg.exclude_op_types)
-    model = fp16.convert(graph.load(fp32_path), keep_fp32=keep, fp16_io=cfg.fp16_io)
-    checks = fp16.check_fp16(model, keep)
-    graph.set_metadata(model, ArtifactMetadata.for_checkpoint(
-        ck, Precision.fp16, {**extra, "fp16_io": cfg.fp16_io, **checks}))
+    fp32_model = graph.load(fp32_path)
+    fb, kept = None, []
+    if cfg.auto_fallback:
+        fb, model = _auto_fallback(
+            ck, cfg, fp32_model,
+            lambda nodes: fp16.convert(fp32_model, keep, cfg.fp16_io, keep_nodes=nodes), rows, log)
+        kept = fb.kept_float
+        log(fb.summary())
+    else:
+        model = fp16.convert(fp32_model, keep_fp32=keep, fp16_io=cfg.fp16_io)
+    checks = fp16.check_fp16(model, keep, kept)
+    info = {**extra, "fp16_io": cfg.fp16_io, **checks, "float_nodes": list(kept)}
+    if fb is not None:
+        info["auto_fallback"] = fb.record()
+    graph.set_metadata(model, ArtifactMetadata.for_checkpoint(ck, Precision.fp16, info))
     with atomic_path(out) as tmp:
         graph.save(model, tmp)
         cmp = check_against_torch(ck, tmp, feeds, TOLERANCES[Precision.fp16])
         cmp.raise_if_failed(f"FP16 ONNX export of {ck.path}")
-    return cmp, checks
+    return cmp, checks, fb
 
 
 def _calibration(ck, cfg: ExportConfig) -> list[dict[str, np.ndarray]]:
@@ -134,7 +164,7 @@ def _calibration(ck, cfg: ExportConfig) -> list[dict[str, np.ndarray]]:
     return list(samples.calibration_batches(ck, rows, q.samples, size))
 
 
-def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batches, log):
+def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batches, rows, log):
     from toolkit.config import Tolerance
     from toolkit.export import int8, qat
 
@@ -153,14 +183,27 @@ def _int8(ck, cfg: ExportConfig, fp32_path: Path, out: Path, feeds, extra, batch
     with atomic_path(out) as tmp:
         int8.quantize(fp32_path, tmp, batches, q.target, q.method, cfg.exclude_op_types, scales)
         model = graph.load(tmp)
-        checks = int8.check_qdq(model, q.target, cfg.exclude_op_types)
-        graph.set_metadata(model, ArtifactMetadata.for_checkpoint(ck, Precision.int8, {
-            **extra, "target": q.target.value, "calib_method": q.method.value,
-            "calib_samples": q.samples, "qat": scales is not None,
-            "exclude_op_types": [o.value for o in cfg.exclude_op_types], **checks}))
+        fb, kept = None, []
+        if cfg.auto_fallback:
+            # Calibrated once; a node kept in float is the same QDQ graph with its
+            # DequantizeLinear inputs bypassed (int8.keep_float).
+            fp32_model, qdq = graph.load(fp32_path), model
+            fb, model = _auto_fallback(
+                ck, cfg, fp32_model, lambda nodes: int8.keep_float(qdq, fp32_model, nodes),
+                rows, log)
+            kept = fb.kept_float
+            log(fb.summary())
+        checks = int8.check_qdq(model, q.target, cfg.exclude_op_types, kept)
+        info = {**extra, "target": q.target.value, "calib_method": q.method.value,
+                "calib_samples": q.samples, "qat": scales is not None,
+                "exclude_op_types": [o.value for o in cfg.exclude_op_types], **checks,
+                "float_nodes": list(kept)}
+        if fb is not None:
+            info["auto_fallback"] = fb.record()
+        graph.set_metadata(model, ArtifactMetadata.for_checkpoint(ck, Precision.int8, info))
         graph.save(model, tmp)
         # INT8 is judged on decisions and held-out accuracy by `toolkit parity` (the tolerance
         # table); here only a broken graph (NaN, inf) fails the export, and the numbers are logged.
         cmp = check_against_torch(ck, tmp, feeds, Tolerance())
         cmp.raise_if_failed(f"INT8 ONNX export of {ck.path}")
-    return cmp, checks
+    return cmp, checks, fb
