@@ -156,7 +156,9 @@ def run_row(name: str, seed: int, a: argparse.Namespace) -> dict:
     result = train(cfg, log=lambda m: log(f"  {name}: {m}"))
     train_wall = time.perf_counter() - t0
     state = torch.load(run / "resume.pt", map_location="cpu", weights_only=True)
-    report = evaluate_checkpoint(run, a.data, which="last", device="cpu")
+    # train() scored the final weights at its last step; a run resumed after its last step
+    # trained nothing and is scored here
+    report = result["report"] or evaluate_checkpoint(run, a.data, which="last", device="cpu")
 
     ck = load_checkpoint(run, "last")
     mcfg = ck.config
