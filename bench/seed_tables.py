@@ -216,6 +216,26 @@ def tables(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+TYPES = ("shape", "horizontal", "vertical", "closest", "furthest", "count")
+
+
+def markdown(report: dict) -> str:
+    """Both tables as markdown: accuracy in percent, parameters in millions, latency in ms."""
+    head = ("| row | seed | steps | overall | non-relational | relational | "
+            + " | ".join(TYPES) + " | parameters | visual tokens | ONNX FP32 p50 ms |")
+    out = []
+    for table in ("fusion", "backbones"):
+        out += [f"\n### {table}\n", head, "|" + "---|" * (head.count("|") - 1)]
+        for r in report[table]:
+            cells = [r["label"], str(r["seed"]), f"{r['steps']:,}", f"{r['accuracy']:.1%}",
+                     f"{r['groups']['non_relational']:.1%}", f"{r['groups']['relational']:.1%}"]
+            cells += [f"{100 * r['per_type'].get(t, float('nan')):.1f}" for t in TYPES]
+            cells += [f"{r['parameters'] / 1e6:.3f}M", str(r["visual_tokens"]),
+                      f"{r['latency_ms']['p50']:.2f}"]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("data/sort-of-clevr"),
@@ -273,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(a.out, {**tables(rows), "machine": machine, "command": command,
                                "budget": budget})
     log(f"wrote {a.out} ({len(rows)} rows)")
+    print(markdown(tables(rows)))
     return {**tables(rows), "machine": machine, "command": command, "budget": budget}
 
 

@@ -99,3 +99,13 @@ def test_the_script_on_the_tiny_preset_writes_both_tables_and_resumes(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/result.json")} == stamps
     assert {p: p.stat().st_mtime_ns for p in work.glob("*/last.safetensors")} == weights
     assert again["fusion"] == report["fusion"]
+
+
+def test_markdown_has_a_line_per_row_in_each_table():
+    row = {"label": "concatenation", "seed": 0, "steps": 1500, "accuracy": 0.5,
+           "groups": {"non_relational": 0.6, "relational": 0.4},
+           "per_type": {t: 0.5 for t in seed_tables.TYPES}, "parameters": 1_234_567,
+           "visual_tokens": 64, "latency_ms": {"p50": 1.234}}
+    text = seed_tables.markdown({"fusion": [row], "backbones": []})
+    assert "| concatenation | 0 | 1,500 | 50.0% | 60.0% | 40.0% | 50.0 |" in text
+    assert "| 1.235M | 64 | 1.23 |" in text and "### backbones" in text
