@@ -59,9 +59,15 @@ class VisionConfig:
     # features"). Early stages keep colour nearly linear, which the question's colour word must
     # bind to.
     multiscale: bool = False
-    # ResNet only: base width of the stem and first stage (torchvision's is 64; each later stage
-    # doubles it). Same layout and blocks, fewer channels: `small` uses 32, a quarter of the cost.
+    # ResNet: base width of the stem and first stage (torchvision's is 64; each later stage
+    # doubles it). Same layout and blocks, fewer channels. ViT: the hidden width (vit_b_*: 768),
+    # with torchvision's MLP ratio of 4 kept.
     width: int | None = None
+    # ViT only, each None = the named model's own (vit_b_16: 16, 12, 12): the patch side, the
+    # encoder's layers and its heads. Patches of 16 px leave a 4x4 grid on 64 px images.
+    patch_size: int | None = None
+    layers: int | None = None
+    heads: int | None = None
     weights: str | None = None  # local torchvision state dict; never downloaded
 
 

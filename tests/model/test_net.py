@@ -96,8 +96,50 @@ def test_narrow_resnet_keeps_torchvision_layout_at_another_width():
     assert tower(torch.zeros(2, 3, 64, 64)).shape == (2, 128, 2, 2)  # stride 32, as torchvision
     deep = VisionTower(VisionConfig(backbone="resnet50", stages=1, width=8), 64)
     assert deep.out_channels == 32  # Bottleneck expansion 4 kept
-    with pytest.raises(VisionError, match="ResNet backbones only"):
+    with pytest.raises(VisionError, match="ResNet and ViT backbones only"):
         VisionTower(VisionConfig(backbone="efficientnet_b0", width=16), 64)
+
+
+@torch.no_grad()
+def test_reduced_vit_takes_patch_size_layers_heads_and_width():
+    from toolkit.model.vision import VisionTower
+
+    cfg = VisionConfig(backbone="vit_b_16", patch_size=8, layers=2, heads=4, width=64)
+    tower = VisionTower(cfg, 64)
+    vit = tower.vit
+    assert (vit.patch_size, len(vit.encoder.layers), vit.hidden_dim, vit.mlp_dim) == (8, 2, 64, 256)
+    assert vit.encoder.layers[0].self_attention.num_heads == 4
+    assert tower.out_channels == 64
+    assert tower(torch.zeros(2, 3, 64, 64)).shape == (2, 64, 8, 8)  # 64 px / 8 px patches
+    # unset options keep vit_b_16's own: 16 px patches, 12 heads of the 768 width
+    wide = VisionTower(VisionConfig(backbone="vit_b_16", layers=1), 64).vit
+    assert (wide.patch_size, wide.hidden_dim, wide.encoder.layers[0].self_attention.num_heads) \
+        == (16, 768, 12)
+
+
+def test_reduced_vit_refuses_what_torchvision_cannot_build():
+    from toolkit.model.vision import VisionError, VisionTower
+
+    with pytest.raises(VisionError, match="not a multiple of the ViT patch size 12"):
+        VisionTower(VisionConfig(backbone="vit_b_16", patch_size=12), 64)
+    with pytest.raises(VisionError, match="not divisible by its 5 heads"):
+        VisionTower(VisionConfig(backbone="vit_b_16", width=64, heads=5), 64)
+    with pytest.raises(VisionError, match="ViT backbones .vit_.. only"):
+        VisionTower(VisionConfig(backbone="resnet18", patch_size=8), 64)
+    with pytest.raises(VisionError, match="unknown ViT 'vit_x'"):
+        VisionTower(VisionConfig(backbone="vit_x", layers=2), 64)
+
+
+def test_vit_options_round_trip_through_model_config_overrides():
+    from toolkit.config import from_dict, model_config, to_dict
+
+    cfg = model_config("small", {"vision": {"backbone": "vit_b_16", "patch_size": 8,
+                                            "layers": 2, "heads": 4, "width": 64}})
+    assert (cfg.vision.patch_size, cfg.vision.layers, cfg.vision.heads) == (8, 2, 4)
+    assert from_dict(type(cfg), to_dict(cfg)) == cfg
+    m = DualModalNet(cfg).eval()
+    with torch.no_grad():
+        assert m.visual_tokens(torch.zeros(1, 3, 64, 64)).shape == (1, 64, cfg.dim)
 
 
 def test_grid_positions_distinguish_cells():

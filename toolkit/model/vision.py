@@ -63,17 +63,24 @@ class VisionTower(nn.Module):
             self.body = ConvStack(cfg.stages, cfg.width or 24, cfg.multiscale)
             self.out_channels = self.body.out_channels
             return
-        kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
-        try:
-            m = torchvision.models.get_model(name, weights=None, **kwargs)
-        except ValueError as e:
-            known = [n for n in torchvision.models.list_models(torchvision.models)
-                     if n.startswith(("resnet", "efficientnet", "vit_"))]
-            raise VisionError(f"unknown vision backbone {name!r}; choose convnet or one of: "
-                              f"{', '.join(known)}") from e
-        if cfg.width is not None:
-            if not name.startswith("resnet"):
-                raise VisionError(f"width={cfg.width} applies to ResNet backbones only, not {name!r}")
+        vit_options = {"patch_size": cfg.patch_size, "layers": cfg.layers, "heads": cfg.heads}
+        given = [k for k, v in vit_options.items() if v is not None]
+        if given and not name.startswith("vit_"):
+            raise VisionError(f"{', '.join(given)} apply to ViT backbones (vit_*) only, not "
+                              f"{name!r}")
+        if cfg.width is not None and not name.startswith(("resnet", "vit_")):
+            raise VisionError(f"width={cfg.width} applies to ResNet and ViT backbones only, not "
+                              f"{name!r}")
+        if name.startswith("vit_") and (given or cfg.width is not None):
+            m = reduced_vit(name, image_size, cfg)
+        else:
+            kwargs = {"image_size": image_size} if name.startswith("vit_") else {}
+            try:
+                m = torchvision.models.get_model(name, weights=None, **kwargs)
+            except ValueError as e:
+                raise VisionError(f"unknown vision backbone {name!r}; choose convnet or one of: "
+                                  f"{', '.join(_known_backbones())}") from e
+        if cfg.width is not None and name.startswith("resnet"):
             m = narrow_resnet(m, cfg.width)
         if cfg.weights:
             load_torchvision_weights(m, cfg.weights)
@@ -126,6 +133,46 @@ class ConvStack(nn.Sequential):
             return x  # (B, W, H/2^k, W/2^k)
         h, w = x.shape[-2:]
         return torch.cat([nn.functional.adaptive_avg_pool2d(f, (h, w)) for f in feats], dim=1)
+
+
+def _known_backbones() -> list[str]:
+    return [n for n in torchvision.models.list_models(torchvision.models)
+            if n.startswith(("resnet", "efficientnet", "vit_"))]
+
+
+# torchvision's ViT builders: (patch size, layers, heads, hidden width, MLP width), as set by
+# vit_b_16 ... vit_h_14 (https://pytorch.org/vision/stable/models/vision_transformer.html).
+VIT_SIZES = {
+    "vit_b_16": (16, 12, 12, 768, 3072),
+    "vit_b_32": (32, 12, 12, 768, 3072),
+    "vit_l_16": (16, 24, 16, 1024, 4096),
+    "vit_l_32": (32, 24, 16, 1024, 4096),
+    "vit_h_14": (14, 32, 16, 1280, 5120),
+}
+
+
+def reduced_vit(name: str, image_size: int, cfg: VisionConfig) -> nn.Module:
+    """torchvision's VisionTransformer of model `name` with the patch size, layers, heads and
+    width that `cfg` sets (the rest its own; the MLP stays 4x the width, as in every vit_*).
+    torchvision's vit_* builders fix these, so the class is built directly."""
+    if name not in VIT_SIZES:
+        raise VisionError(f"unknown ViT {name!r} for patch_size/layers/heads/width; choose one "
+                          f"of: {', '.join(VIT_SIZES)}")
+    patch, layers, heads, hidden, mlp = VIT_SIZES[name]
+    patch = cfg.patch_size or patch
+    layers = cfg.layers or layers
+    heads = cfg.heads or heads
+    if cfg.width is not None:
+        hidden, mlp = cfg.width, 4 * cfg.width
+    if image_size % patch:
+        raise VisionError(f"image_size {image_size} is not a multiple of the ViT patch size "
+                          f"{patch}; choose a patch size that divides it (e.g. 8 for 64 px)")
+    if hidden % heads:
+        raise VisionError(f"ViT width {hidden} is not divisible by its {heads} heads; choose a "
+                          "width that is a multiple of the heads")
+    return torchvision.models.VisionTransformer(image_size=image_size, patch_size=patch,
+                                                num_layers=layers, num_heads=heads,
+                                                hidden_dim=hidden, mlp_dim=mlp)
 
 
 def narrow_resnet(m: nn.Module, width: int) -> nn.Module:
