@@ -291,7 +291,7 @@ class RunWriter:
             self.monitor.losses.extend(ck.get("curriculum_window", []))
         rng = ck.get("rng")  # absent in a resume.pt written before it was saved
         if rng is not None:
-            torch.set_rng_state(rng["cpu"].cpu())  # map_location moved it; the state lives on the host
+            torch.set_rng_state(rng["cpu"].cpu())  # map_location may have moved it off the host
             if device.type == "cuda" and rng.get("cuda") is not None:
                 torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
         if self.main:
