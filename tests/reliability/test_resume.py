@@ -36,9 +36,19 @@ def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def _run(args: list[str]) -> None:  # 1800 s: a bound on a hang on a busy CPU, not a timing
-    done = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stderr[-2000:]
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(child: subprocess.Popen) -> None:
+    try:  # 1800 s: a bound on a hang on a busy CPU, not a timing
+        _, err = child.communicate(timeout=1800)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, err[-2000:]
 
 
 def _kill_after_first_checkpoint(args: list[str], run: Path) -> None:
@@ -71,8 +81,11 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_data, tmp
     from toolkit.checkpoint import load_checkpoint
 
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run(_train_args(tiny_data, whole))
-    _kill_after_first_checkpoint(_train_args(tiny_data, killed), killed)
+    uninterrupted = _start(_train_args(tiny_data, whole))  # alongside: the runs are independent
+    try:
+        _kill_after_first_checkpoint(_train_args(tiny_data, killed), killed)
+    finally:
+        _finish(uninterrupted)
 
     # The run directory after the kill: every file at a final path is whole and loads.
     state = torch.load(killed / "resume.pt", weights_only=True)
@@ -87,7 +100,7 @@ def test_resume_after_sigkill_ends_with_the_uninterrupted_weights(tiny_data, tmp
     # a kill during a write leaves a temporary beside the whole file; resume clears it
     (killed / ".resume.pt.tmp-999999").write_bytes(b"half a checkpoint")
 
-    _run(_train_args(tiny_data, killed, "--resume"))
+    _finish(_start(_train_args(tiny_data, killed, "--resume")))
 
     assert {p.name for p in killed.iterdir()} == final
     a, b = _weights(whole / "last.safetensors"), _weights(killed / "last.safetensors")
