@@ -373,21 +373,29 @@ def test_run_writer_saves_and_loads_the_whole_training_state(tiny_split, tiny_tr
                               curriculum_steps=7)
     plan = BatchPlan(tiny_split, cfg, Dist())
     plan.end_stage(3)
-    run = RunWriter(tmp_path, model, opt, sched, plan, main=True)
+    monitor = StageMonitor(plan, cfg, Dist())
+    monitor.losses.extend([0.5, 0.25])
+    run = RunWriter(tmp_path, model, opt, sched, plan, main=True, monitor=monitor)
     run.step = 3
     report = {"accuracy": 0.4, "per_type": {}, "groups": {}}
     run.save(report)
     run.save(dict(report, accuracy=0.2))  # worse: best.safetensors keeps the first
+    after_save = torch.rand(4)  # what dropout would draw next in the uninterrupted run
     assert run.best == 0.4 and len(run.history) == 2
     assert {p.name for p in tmp_path.iterdir()} == {"last.safetensors", "best.safetensors",
                                                     "metrics.json", "resume.pt"}
     other = DualModalNet(tiny_train_config.model)
     opt2 = build_optimizer(other, tiny_train_config)
     plan2 = BatchPlan(tiny_split, cfg, Dist())
+    monitor2 = StageMonitor(plan2, cfg, Dist())
     back = RunWriter(tmp_path, other, opt2,
-                     torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0), plan2, main=True)
+                     torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0), plan2, main=True,
+                     monitor=monitor2)
+    torch.manual_seed(123)  # a resumed process starts from another generator state
     back.load(torch.device("cpu"))
     assert (back.step, back.best, back.history, plan2.ends) == (3, 0.4, run.history, [3])
+    assert list(monitor2.losses) == [0.5, 0.25]  # the curriculum window goes on, not anew
+    assert torch.equal(torch.rand(4), after_save)  # and so do dropout's draws
     for p, q in zip(model.parameters(), other.parameters()):
         assert torch.equal(p, q)
     RunWriter(tmp_path / "none", model, opt, sched, plan, main=False).save(report)

@@ -309,12 +309,21 @@ class EvalCadence:
 
 class RunWriter:
     """The run directory's training state: last/best weights, metrics.json and resume.pt, each
-    written whole under a temporary name (rank 0 only)."""
+    written whole under a temporary name (rank 0 only).
+
+    resume.pt holds everything the next step depends on, so that a run killed after a checkpoint
+    and resumed ends with the weights of an uninterrupted run (tests/reliability/test_resume.py):
+    the batches are a function of the step (BatchPlan), dropout draws from torch's generator,
+    whose state is saved too, and so are the objective's own parameters and buffers. Under DDP
+    every rank resumes from rank 0's generator state."""
+
+    FILES = ("last.safetensors", "best.safetensors", "metrics.json", "resume.pt")
 
     def __init__(self, out: Path, model: nn.Module, opt, sched, plan: BatchPlan, main: bool,
-                 objective: nn.Module | None = None):
+                 monitor: StageMonitor | None = None, objective: nn.Module | None = None):
         self.out, self.model, self.opt, self.sched, self.plan, self.main = (
             out, model, opt, sched, plan, main)
+        self.monitor = monitor
         self.objective = objective  # its parameters and buffers go to resume.pt only
         self.step, self.best, self.history = 0, -1.0, []
 
@@ -332,6 +341,22 @@ class RunWriter:
             self.objective.load_state_dict(ck["objective"])
         ended = ck.get("curriculum_ended")  # written before curriculum stages: one stage
         self.plan.ends = list(ck.get("curriculum_ends", [] if ended is None else [ended]))
+        if self.monitor is not None:
+            self.monitor.losses.extend(ck.get("curriculum_window", []))
+        rng = ck.get("rng")  # absent in a resume.pt written before it was saved
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"].cpu())  # map_location may have moved it off the host
+            if device.type == "cuda" and rng.get("cuda") is not None:
+                torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
+        if self.main:
+            self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """A writer killed mid-write leaves its temporary sibling (artifacts.atomic_path names it
+        .NAME.tmp-PID); the final file is the previous whole one, so the leftover is only litter."""
+        for name in self.FILES:
+            for tmp in self.out.glob(f".{name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
 
     def save(self, report: dict | None) -> None:
         if not self.main:
@@ -345,9 +370,15 @@ class RunWriter:
                 save_weights(self.model, self.out / "best.safetensors")
             write_json(self.out / "metrics.json", {"best_accuracy": self.best,
                                                    "history": self.history})
+        rng = {"cpu": torch.get_rng_state(), "cuda": None}
+        device = next(self.model.parameters()).device
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        window = list(self.monitor.losses) if self.monitor is not None else []
         with atomic_path(self.resume_file) as tmp:
             torch.save({"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                         "scheduler": self.sched.state_dict(), "curriculum_ends": self.plan.ends,
+                        "curriculum_window": window, "rng": rng,
                         "step": self.step, "best": self.best, "history": self.history,
                         "objective": ({} if self.objective is None
                                       else self.objective.state_dict())}, tmp)
@@ -379,7 +410,8 @@ def train(cfg: TrainConfig, log=print, objective: Objective | None = None) -> di
     plan = BatchPlan(train_split, cfg, ddp)
     warmup = min(cfg.warmup_steps, plan.total_steps // 4 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: plan.rate(step, warmup))
-    run = RunWriter(out, model, opt, sched, plan, ddp.main, objective=objective)
+    monitor = StageMonitor(plan, cfg, ddp)
+    run = RunWriter(out, model, opt, sched, plan, ddp.main, monitor, objective=objective)
     if cfg.resume:
         run.load(device)
         if ddp.main:
@@ -390,7 +422,6 @@ def train(cfg: TrainConfig, log=print, objective: Objective | None = None) -> di
                                     **objective.record()}, tokenizer, labels)
 
     net = nn.parallel.DistributedDataParallel(trainee) if ddp.world > 1 else trainee
-    monitor = StageMonitor(plan, cfg, ddp)
     cadence = EvalCadence(cfg.eval_every or plan.steps_per_epoch, plan)
     amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
            else nullcontext())
