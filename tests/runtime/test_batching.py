@@ -216,8 +216,11 @@ def test_the_delay_counts_from_the_oldest_request(predictor, tiny_data):
     b = Batcher(predictor, BatchConfig(max_batch=8, max_delay_ms=HOUR_MS), clock=lambda: now[0])
     try:
         first = b.submit(images[0], texts[0])  # submitted at t=0: its deadline is t=3600 s
-        now[0] = 3600.5  # the hour has "passed"; the next submit wakes the worker to see it
-        second = b.submit(images[1], texts[1])
+        # The worker reads the clock only under the batcher's (reentrant) lock: holding it, the
+        # hour "passes" and the second request is queued before the worker can look.
+        with b._cond:
+            now[0] = 3600.5
+            second = b.submit(images[1], texts[1])
         first.result(WAIT), second.result(WAIT)
         assert list(b.batch_sizes) == [2]  # one partial batch, closed by the first's deadline
         third = b.submit(images[2], texts[2])  # its own hour starts now: it waits

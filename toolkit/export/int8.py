@@ -252,8 +252,9 @@ def check_qdq(model, target: Int8Target, exclude: tuple[ComputeOp, ...] = (),
                           "cover the model")
     stray = [n.name for n in g.node if kept(n) and dequantized(n)]
     if stray:
-        raise ExportError(f"INT8 graph quantizes {len(stray)} node(s) kept in float, "
-                          f"e.g. {stray[:3]}; they should have stayed float")
+        raise ExportError(f"INT8 graph quantizes {len(stray)} node(s) kept in float (an "
+                          f"excluded op type or a node --auto-fallback kept), e.g. {stray[:3]}; "
+                          "they should have stayed float")
     soft = [n.name for n in g.node if n.op_type == "Softmax" and dequantized(n)]
     if soft and target is Int8Target.tensorrt:
         raise ExportError(f"INT8 graph quantizes Softmax input(s) {soft[:3]}; TensorRT keeps "
