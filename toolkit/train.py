@@ -317,7 +317,8 @@ class RunWriter:
     whose state is saved too, and so are the objective's own parameters and buffers. Under DDP
     every rank resumes from rank 0's generator state."""
 
-    FILES = ("last.safetensors", "best.safetensors", "metrics.json", "resume.pt")
+    RESUME = "resume.pt"
+    FILES = ("last.safetensors", "best.safetensors", "metrics.json", RESUME)
 
     def __init__(self, out: Path, model: nn.Module, opt, sched, plan: BatchPlan, main: bool,
                  monitor: StageMonitor | None = None, objective: nn.Module | None = None):
@@ -329,7 +330,7 @@ class RunWriter:
 
     @property
     def resume_file(self) -> Path:
-        return self.out / "resume.pt"
+        return self.out / self.RESUME
 
     def load(self, device: torch.device) -> None:
         ck = torch.load(self.resume_file, map_location=device, weights_only=True)
@@ -395,8 +396,9 @@ def train(cfg: TrainConfig, log=print, objective: Objective | None = None) -> di
     ddp = init_distributed(device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    if cfg.resume and not (out / "resume.pt").is_file():
-        raise CheckpointError(f"--resume: {out / 'resume.pt'} not found; start without --resume")
+    if cfg.resume and not (out / RunWriter.RESUME).is_file():
+        raise CheckpointError(f"--resume: {out / RunWriter.RESUME} not found; start without "
+                              "--resume")
     mcfg, labels, tokenizer, train_split, val_split = prepare_data(
         cfg, run=out if cfg.resume else objective.source_run, tokenizer=objective.tokenizer)
     if ddp.main:
