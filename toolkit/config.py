@@ -113,6 +113,10 @@ class ModelConfig:
     # object the question names, every cell is scored against it and read by a softmax, which
     # "closest to" and "furthest from" need. 0 = none. Needs grid tokens and `fusion_cell_mlp`.
     fusion_relation: int = 0
+    # The relation read also sums its cells through a sigmoid of each head's score (a tally),
+    # since a softmax's weights sum to one whatever the number of cells it picks: "how many
+    # objects share its shape" is a count (fusion.py). Needs `fusion_relation`.
+    fusion_relation_tally: bool = False
     head_hidden: int = 256
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -128,6 +132,9 @@ class ModelConfig:
             raise ConfigError("fusion_relation reads the cells against the object the cell MLP "
                               "kept: it needs fusion=cross_attention, visual_tokens=grid and "
                               "fusion_cell_mlp > 0")
+        if self.fusion_relation_tally and not self.fusion_relation:
+            raise ConfigError("fusion_relation_tally sums the relation read's cells: it needs "
+                              "fusion_relation > 0")
         if not 1 <= self.vision.stages <= 4:
             raise ConfigError(f"vision.stages must be 1..4, got {self.vision.stages}")
 

@@ -268,6 +268,32 @@ def test_relation_geometry_is_measured_from_the_kept_object():
     torch.testing.assert_close(x[:, -1], torch.eye(n)[5])  # all of the kept output is on cell 5
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("tally", [False, True])
+def test_only_the_tally_tells_how_many_cells_the_read_picks(tally):
+    # k identical cells, every weight random: a softmax reads their mean, the same for any k;
+    # the tally sums them, so its read grows with k.
+    torch.manual_seed(0)
+    relation = DualModalNet(preset("tiny", fusion_relation=16,
+                                   fusion_relation_tally=tally)).fusion.relation
+    for p in relation.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    d = 32
+    obj, question = torch.randn(d), torch.randn(1, d)
+
+    def read(k: int) -> torch.Tensor:
+        cells = obj.expand(1, k, d)
+        return relation(cells, cells, question, torch.zeros(k, 2))
+
+    same = torch.allclose(read(2), read(5), atol=1e-5)
+    assert same is not tally
+
+
+def test_relation_tally_needs_the_relation_read():
+    with pytest.raises(ConfigError, match="fusion_relation_tally"):
+        preset("tiny", fusion_relation=0, fusion_relation_tally=True)
+
+
 def test_relation_read_needs_the_cell_mlp_and_a_grid():
     with pytest.raises(ConfigError, match="fusion_relation"):
         preset("tiny", fusion_relation=16, fusion_cell_mlp=0)

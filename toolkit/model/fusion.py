@@ -34,6 +34,11 @@ other object's place with the red one's, and read the winner's shape. Summing th
 one object, and the cell MLP has already silenced all but the named one. With `fusion_relation` a
 `RelationRead` scores every cell as it entered the fusion against the named object (its features,
 and where it is relative to it), and a softmax over the cells reads the best-scoring ones.
+
+"How many objects share the red object's shape?" is a count, and a softmax cannot count: its
+weights sum to one, so two matching cells and five read the same mean. With `fusion_relation_tally`
+the same scores also pass through a sigmoid each, unnormalised, and the sum of the cells they
+weight is added (through a zero-initialised layer, as the softmax read is).
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ class RelationRead(nn.Module):
 
     GEOMETRY = 4  # offset x, offset y, squared distance, share of the kept output
 
-    def __init__(self, dim: int, heads: int, hidden: int):
+    def __init__(self, dim: int, heads: int, hidden: int, tally: bool = False):
         super().__init__()
         self.heads = heads
         self.score = nn.Sequential(
@@ -115,19 +120,37 @@ class RelationRead(nn.Module):
         self.out = skip_init(nn.Linear, dim, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # Zeros and no random draws, like `out`: with or without the tally the model starts alike.
+        self.tally: nn.Linear | None = None
+        self.tally_bias: nn.Parameter | None = None
+        if tally:
+            self.tally = skip_init(nn.Linear, dim, dim)
+            nn.init.zeros_(self.tally.weight)
+            nn.init.zeros_(self.tally.bias)
+            # Scores start near 0, where a sigmoid is 0.5 on all 64 cells; from -4 a cell that
+            # is not picked adds about 0.02.
+            self.tally_bias = nn.Parameter(torch.full((heads,), -4.0))
 
     def forward(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
                 xy: torch.Tensor) -> torch.Tensor:
         b, n, d = cells.shape
-        pick = self.choose(cells, kept, question, xy)  # (B, N, H)
+        scores = self.scores(cells, kept, question, xy)  # (B, N, H)
         values = self.value(cells).view(b, n, self.heads, d // self.heads)  # (B, N, H, D/H)
-        read = torch.einsum("bnh,bnhe->bhe", pick, values).reshape(b, d)  # (B, D)
-        return self.out(read)  # (B, D)
+        read = torch.einsum("bnh,bnhe->bhe", scores.softmax(dim=1), values).reshape(b, d)
+        out = self.out(read)  # (B, D)
+        if self.tally is not None:
+            counted = torch.sigmoid(scores + self.tally_bias)  # (B, N, H), not normalised
+            out = out + self.tally(torch.einsum("bnh,bnhe->bhe", counted, values).reshape(b, d))
+        return out
 
     def choose(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
                xy: torch.Tensor) -> torch.Tensor:
-        """Each head's softmax over the cells (B, N, H); a method of its own so that
-        toolkit.explain can show it without changing the forward pass."""
+        """Each head's softmax over the cells (B, N, H), for toolkit.explain."""
+        return self.scores(cells, kept, question, xy).softmax(dim=1)
+
+    def scores(self, cells: torch.Tensor, kept: torch.Tensor, question: torch.Tensor,
+               xy: torch.Tensor) -> torch.Tensor:
+        """Each head's score of each cell (B, N, H)."""
         # cells: (B, N, D) as they entered the fusion; kept: (B, N, D) the cell MLP's output;
         # question: (B, D); xy: (N, 2) cell centres in [-1, 1]
         b, n, d = cells.shape
@@ -141,8 +164,7 @@ class RelationRead(nn.Module):
                                        question.unsqueeze(1).expand(b, n, d), geometry],
                                       dim=-1))  # (B, N, H)
         gate = self.gate(question).view(b, self.heads, self.GEOMETRY)  # (B, H, 4)
-        scores = scores + torch.einsum("bng,bhg->bnh", geometry, gate)  # (B, N, H)
-        return scores.softmax(dim=1)  # (B, N, H): each head's choice of cells
+        return scores + torch.einsum("bng,bhg->bnh", geometry, gate)  # (B, N, H)
 
 
 class BidirectionalBlock(nn.Module):
@@ -184,7 +206,8 @@ class FusionModule(nn.Module):
                 # recipe's seed keeps the start it was measured from.
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(int(torch.randint(2**62, ())))
-                    self.relation = RelationRead(d, cfg.heads, cfg.fusion_relation)
+                    self.relation = RelationRead(d, cfg.heads, cfg.fusion_relation,
+                                                 cfg.fusion_relation_tally)
         elif self.kind is Fusion.concat:
             self.out = nn.Linear(2 * d, d)
         else:  # elementwise
