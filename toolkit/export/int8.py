@@ -31,6 +31,7 @@ class Recipe:
     per_channel: bool
     extra: tuple = ()
     ops: tuple = QUANTIZED_OPS
+    reduce_range: bool = False  # weights in 7 bits
 
 
 RECIPES = {
@@ -49,7 +50,11 @@ RECIPES = {
     # Gather too: BERT's word embedding table is a sixth of the seed model's weights, and left in
     # FP32 it keeps the file at 39% of FP32 instead of about a quarter. (Not for `tensorrt`: a
     # DequantizeLinear feeding a Gather is not one of TensorRT's documented Q/DQ fusions.)
-    Int8Target.cpu: Recipe("QUInt8", "QInt8", False, True, ops=QUANTIZED_OPS + ("Gather",)),
+    # Weights in 7 bits: without VNNI, ORT's x86 U8S8 kernels add pairs of uint8 x int8 products
+    # in int16 (AVX2's vpmaddubsw), which 8-bit weights overflow (255 x 127 x 2 > 32,767) and 7-bit
+    # ones cannot; quantize_static documents reduce_range for non-VNNI CPUs (bench/export.md).
+    Int8Target.cpu: Recipe("QUInt8", "QInt8", False, True, ops=QUANTIZED_OPS + ("Gather",),
+                           reduce_range=True),
 }
 
 
@@ -105,7 +110,7 @@ def quantize(fp32_path: Path, out_path: Path, batches: list[dict[str, np.ndarray
                         quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=[o for o in recipe.ops
                                               if o not in {e.value for e in exclude}],
-                        per_channel=recipe.per_channel, reduce_range=False,
+                        per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
                         activation_type=getattr(QuantType, recipe.activation),
                         weight_type=getattr(QuantType, recipe.weight), calibrate_method=calib,
                         calibration_providers=["CPUExecutionProvider"], extra_options=extra)
