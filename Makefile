@@ -23,10 +23,10 @@ DEMO_EPOCHS ?= 7
 # many steps at the latest.
 DEMO_CURRICULUM ?= 3000
 # The demo fails (exit 1) below these held-out accuracies, in percent: each of non-relational and
-# relational, and each question type. They sit under the worst seed measured with this recipe
-# (bench/training.md) and catch a model that answers from image statistics alone.
-DEMO_MIN_GROUP ?= 70
-DEMO_MIN_TYPE ?= 60
+# relational, and each question type. They are the main job's targets; every seed measured with
+# this recipe cleared them by 7 points or more (bench/training.md).
+DEMO_MIN_GROUP ?= 90
+DEMO_MIN_TYPE ?= 85
 # The tritonserver binary (2.51) and Triton's Python backend for tests/triton/test_triton_server.py,
 # from nvidia-pytriton's wheel, installed without its dependencies into its own folder: its Python
 # API, which the toolkit does not use, pins numpy<2 (pyproject.toml's `serve` extra says more).

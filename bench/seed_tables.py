@@ -56,15 +56,16 @@ class RowSpec:
 # The seed's fusion is one plain cross-attention block on one pooled visual token (no cell MLP and
 # no relation read, which need a grid); concat and elementwise fuse the preset's tokens summed
 # over the cells (fusion.py), with neither. The backbones keep the preset's fusion.
+_NO_CELLS = {"fusion_cell_mlp": 0, "fusion_relation": 0, "fusion_relation_tally": False}
+
 ROWS: dict[str, RowSpec] = {
     "xattn-pooled": RowSpec("fusion", "cross-attention, pooled visual token (the document's)",
-                            {"visual_tokens": "pooled", "fusion_cell_mlp": 0,
-                             "fusion_relation": 0}),
+                            {"visual_tokens": "pooled", **_NO_CELLS}),
     "xattn-grid": RowSpec("fusion", "cross-attention, grid tokens (the preset's)"),
     "concat": RowSpec("fusion", "concatenation",
-                      {"fusion": "concat", "fusion_cell_mlp": 0, "fusion_relation": 0}),
+                      {"fusion": "concat", **_NO_CELLS}),
     "elementwise": RowSpec("fusion", "element-wise product",
-                           {"fusion": "elementwise", "fusion_cell_mlp": 0, "fusion_relation": 0}),
+                           {"fusion": "elementwise", **_NO_CELLS}),
     # Two residual stages keep a stride-8 grid (8x8 cells on 64 px, as the preset's convnet).
     "resnet18": RowSpec("backbones", "ResNet-18, 2 stages, base width 32",
                         _vision(backbone="resnet18", stages=2, width=32)),

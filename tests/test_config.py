@@ -11,7 +11,8 @@ def test_unknown_preset_names_the_known_ones():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_model_config_round_trips_through_json(name):
-    cfg = preset(name, fusion=Fusion.concat, fusion_relation=0)  # an enum away from its default
+    # an enum away from its default, without the relation read that concat cannot have
+    cfg = preset(name, fusion=Fusion.concat, fusion_relation=0, fusion_relation_tally=False)
     assert from_dict(ModelConfig, to_dict(cfg)) == cfg
 
 
@@ -46,6 +47,7 @@ def test_model_config_overrides_nested_fields_and_refuses_unknown_ones():
     from toolkit.config import model_config
 
     cfg = model_config("small", {"fusion": "concat", "fusion_relation": 0,
+                                 "fusion_relation_tally": False,
                                  "vision": {"width": 32}})
     assert cfg.fusion is Fusion.concat and cfg.vision.width == 32
     assert cfg.vision.backbone == preset("small").vision.backbone  # the rest of vision kept

@@ -114,6 +114,19 @@ def test_first_jump_rule():
     assert first_jump([0.1, 0.12, 0.5], 0.05) == 0  # the first node itself, over the floor
 
 
+def test_an_overflow_on_one_side_shows_in_cosine_and_stays():
+    import warnings
+
+    from toolkit.layerwise import _Acc
+
+    a = _Acc()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and says nothing on stderr
+        a.add(np.array([70407.5, 3.0], np.float32), np.array([np.inf, 3.0], np.float16))
+    a.add(np.array([1.0, 2.0]), np.array([1.0, 2.0]))  # a later row that agrees
+    assert np.isnan(a.cosine) and a.max_abs == np.inf
+
+
 def test_graphs_from_other_weights_are_refused(tiny_onnx, tmp_path, rows):
     import onnx
 

@@ -234,7 +234,8 @@ PRESETS: dict[str, ModelConfig] = {
     "seed": ModelConfig(),
     "small": ModelConfig(
         image_size=64,
-        vision=VisionConfig(backbone="convnet", stages=3, width=24),  # (B, 24, 8, 8)
+        # (B, 24 + 24 + 24, 8, 8): the last stage with both earlier ones pooled to its grid
+        vision=VisionConfig(backbone="convnet", stages=3, width=24, multiscale=True),
         text=TextConfig(hidden_size=128, num_layers=1, num_heads=4, intermediate_size=256,
                         max_length=32, dropout=0.0, embedding_std=1.0),
         dim=128,
@@ -243,7 +244,9 @@ PRESETS: dict[str, ModelConfig] = {
         visual_tokens=VisualTokens.grid,
         fusion_layers=1,
         fusion_cell_mlp=256,
+        fusion_cell_slope=0.1,
         fusion_relation=128,
+        fusion_relation_tally=True,
         head_hidden=256,
     ),
     "tiny": ModelConfig(

@@ -212,8 +212,10 @@ class _Acc:
         if r.size:
             self.lo, self.hi = min(self.lo, float(r.min())), max(self.hi, float(r.max()))
         den = np.linalg.norm(r) * np.linalg.norm(c)
-        cos = float(r @ c / den) if den > 0 else float(np.array_equal(r, c))
-        self.cosine = min(self.cosine, cos)
+        with np.errstate(invalid="ignore"):  # an inf on one side (an overflow) gives NaN
+            cos = float(r @ c / den) if den > 0 else float(np.array_equal(r, c))
+        # NaN stays once seen: min() would drop it, and the row would read 1.000000
+        self.cosine = np.nan if np.isnan(cos) or np.isnan(self.cosine) else min(self.cosine, cos)
 
     @property
     def scale(self) -> float:

@@ -163,11 +163,16 @@ def test_grid_with_fewer_stages_is_finer(backbone, coarse_cells):
 
 
 def test_small_preset_is_the_measured_recipe():
-    # 64 px -> three stride-2 convolutions -> an 8x8 grid of 64 cells, one fusion block with the
-    # per-cell MLP; padding stays inert with the N(0, 1) embeddings.
+    # 64 px -> three stride-2 convolutions, each pooled to the last one's 8x8 grid of 64 cells; one
+    # fusion block with the leaky per-cell MLP, and a relation read that also tallies; padding
+    # stays inert with the N(0, 1) embeddings.
     m = DualModalNet(preset("small"))
+    assert m.vision.out_channels == 3 * 24
     assert m.visual_tokens(torch.zeros(1, 3, 64, 64)).shape == (1, 64, 128)
-    assert m.fusion.blocks[0].visual_to_text.mlp[0].in_features == 256
+    mlp = m.fusion.blocks[0].visual_to_text.mlp
+    assert mlp[0].in_features == 256
+    assert any(isinstance(x, torch.nn.LeakyReLU) and x.negative_slope == 0.1 for x in mlp)
+    assert m.fusion.relation is not None and m.fusion.relation.tally is not None
     words = m.text.encoder.embeddings.word_embeddings
     assert words.weight[0].abs().sum() == 0 and words.weight[1:].std() > 0.5
 
@@ -266,6 +271,22 @@ def test_relation_geometry_is_measured_from_the_kept_object():
     torch.testing.assert_close(x[:, 3 * d:3 * d + 2], xy - xy[5])
     torch.testing.assert_close(x[:, 3 * d + 2], ((xy - xy[5]) ** 2).sum(-1))
     torch.testing.assert_close(x[:, -1], torch.eye(n)[5])  # all of the kept output is on cell 5
+
+
+@torch.no_grad()
+def test_relation_geometry_stays_finite_in_fp16_for_a_large_kept_cell():
+    # A trained model's kept cell sums to a few hundred; its square overflows FP16 (65,504), and
+    # an FP16 export of the square-then-normalise form lost the named object (w = x / inf = 0).
+    torch.manual_seed(0)
+    relation = DualModalNet(preset("tiny", fusion_relation=16)).fusion.relation
+    n, d = 9, 32
+    cells, question, xy = torch.randn(1, n, d), torch.randn(1, d), torch.rand(n, 2) * 2 - 1
+    kept = torch.zeros(1, n, d)
+    kept[0, 5], kept[0, 2] = 9.0, 1.0  # sums 288 and 32: 288^2 = 82,944
+    ref = relation.scores(cells, kept, question, xy)
+    half = relation.half().scores(cells.half(), kept.half(), question.half(), xy.half())
+    assert torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), ref, atol=0.05, rtol=0.02)
 
 
 @torch.no_grad()

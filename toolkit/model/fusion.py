@@ -16,8 +16,10 @@ output replacing the cell, and the curriculum of `toolkit train`, within 70-100k
 
 With plain ReLUs a colour whose units all started off, or were pushed off early, gets no gradient
 again: on some seeds one colour's questions stayed unbound through the curriculum (the MLP's output
-on them was about 0.1% of the other colours'). `fusion_cell_slope` makes the units leaky; measured
-in bench/training.md, it did not make the binding reliable across seeds, so `small` keeps ReLUs.
+on them was about 0.1% of the other colours'). `fusion_cell_slope` makes the units leaky. Alone
+it did not make the binding reliable across seeds; `small` sets it (0.1) together with the
+multiscale convnet and the relation tally below, the combination that learned every question type
+on the seeds of bench/training.md.
 
 The cells are summed, not averaged: "how many objects share its shape" is a count.
 
@@ -154,7 +156,10 @@ class RelationRead(nn.Module):
         # cells: (B, N, D) as they entered the fusion; kept: (B, N, D) the cell MLP's output;
         # question: (B, D); xy: (N, 2) cell centres in [-1, 1]
         b, n, d = cells.shape
-        w = kept.sum(-1).square()  # (B, N)
+        # Each cell's share of the kept output, squared and normalised. Scaled by the largest
+        # cell first (the same weights): a trained cell's square passes FP16's 65,504.
+        s = kept.sum(-1)  # (B, N)
+        w = (s / s.abs().amax(1, keepdim=True).clamp_min(1e-6)).square()
         w = w / w.sum(1, keepdim=True).clamp_min(1e-6)
         named = torch.einsum("bn,bnd->bd", w, cells)  # (B, D)
         offset = xy.unsqueeze(0) - (w @ xy).unsqueeze(1)  # (B, N, 2)
