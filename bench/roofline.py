@@ -16,23 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 
 import numpy as np
+from latency import median_ms  # bench/latency.py: bench/ is on sys.path when run as a script
 
 # (M, K, N) of the seed's heaviest products at batch 1, L = 128: BERT's feed-forward layers and
 # attention projections, and one large square product for the machine's best case.
 SHAPES = [(128, 768, 3072), (128, 3072, 768), (128, 768, 768), (1024, 1024, 1024)]
-
-
-def median_ms(fn, reps: int) -> float:
-    fn(), fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1000 * float(np.median(ts))
 
 
 def ort_matmul(m: int, k: int, n: int, integer: bool, threads: int):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_roofline():
-    spec = importlib.util.spec_from_file_location("roofline", REPO / "bench" / "roofline.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(REPO / "bench"))  # as when run as a script: it imports bench/latency.py
+    try:
+        import roofline
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    return roofline
 
 
 @pytest.mark.parametrize("integer", [False, True])
