@@ -85,11 +85,12 @@ class Comparison:
 def _row_cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a.reshape(a.shape[0], -1) if a.ndim > 1 else a.reshape(1, -1)
     b = b.reshape(b.shape[0], -1) if b.ndim > 1 else b.reshape(1, -1)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     # Two all-zero rows are identical (cosine 1); one zero row against a non-zero one is 0.
     # No floor on den: clamping it (formerly at 1e-30) made two identical tiny rows cosine 0.
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # A non-finite value (inf x 0) gives NaN, which min() keeps and the check then fails.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        num = (a * b).sum(1)
+        den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
         cos = np.where(den > 0, num / np.where(den > 0, den, 1.0), (num == 0) * 1.0)
     return float(cos.min())
 
