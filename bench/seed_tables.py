@@ -11,10 +11,10 @@ with shape, the binding held in the second stage; each stage ends once learned, 
 preset's with the overrides of ROWS (what `toolkit train --model-config` takes); only the named
 part changes. Then, on the final weights (not the best held-out checkpoint, so that nothing is
 chosen on the split it is scored on): held-out accuracy overall, per group and per question type
-(toolkit.evaluate), parameters, an FP32 ONNX export (toolkit.export, checked against PyTorch) and
-its ONNX Runtime latency at batch 1 (toolkit.bench: one session per row, the same threads for all,
-the median of --iters calls), and for grid cross-attention models the pointing game on the first
---pointing held-out questions (toolkit.explain).
+(toolkit.evaluate), parameters, an FP32 ONNX export (toolkit.export, checked against PyTorch),
+and for grid cross-attention models the pointing game on the first --pointing held-out questions
+(toolkit.explain). Once every row is trained, all the exports are timed side by side at batch 1
+(time_exports).
 
 Run directories go to --work/<row>-s<seed>; a row whose directory holds result.json is not run
 again, and one with a resume.pt but no result continues from it, so a long campaign can be
@@ -136,7 +136,6 @@ def run_row(name: str, seed: int, a: argparse.Namespace) -> dict:
     import torch
 
     from toolkit.artifacts import write_json
-    from toolkit.bench import Artifact, ArtifactKind, BenchConfig, run_bench
     from toolkit.checkpoint import load_checkpoint
     from toolkit.config import Device, ExportConfig, Fusion, VisualTokens, to_dict
     from toolkit.evaluate import evaluate_checkpoint
@@ -168,11 +167,6 @@ def run_row(name: str, seed: int, a: argparse.Namespace) -> dict:
     onnx = run / "model.onnx"
     exported = export(ExportConfig(checkpoint=str(run), out=str(onnx), which="last",
                                    data=str(a.data)))
-    seq = min(a.seq, mcfg.text.max_length)
-    bench = run_bench(BenchConfig((Artifact(ArtifactKind.onnx, str(onnx)),), device=Device.cpu,
-                                  batches=(1,), seq=seq, warmup=a.warmup_iters, iters=a.iters,
-                                  threads=a.threads, compare=False))
-    timing = bench["results"][0]["compute_only"]
 
     pointing = None
     # A 1x1 grid (EfficientNet's stride 32 on 32 px images) has no cell to point at.
@@ -197,17 +191,38 @@ def run_row(name: str, seed: int, a: argparse.Namespace) -> dict:
         "visual_tokens": int(cells.shape[1]),
         "onnx_bytes": onnx.stat().st_size,
         "onnx_check": {"passed": exported.comparison.passed, "rows": exported.comparison.n},
-        "latency_ms": {"p50": timing["p50_ms"], "p90": timing["p90_ms"],
-                       "mean": timing["mean_ms"], "iters": timing["iters"], "batch": 1,
-                       "seq": seq},
         "pointing": pointing,
         "model": to_dict(mcfg), "run": str(run),
     }
     write_json(done, row)
     log(f"{name} seed {seed}: accuracy {row['accuracy']:.1%} "
         + " ".join(f"{k} {v:.1%}" for k, v in row["groups"].items())
-        + f", {row['parameters']:,} parameters, ONNX p50 {timing['p50_ms']:.2f} ms")
+        + f", {row['parameters']:,} parameters")
     return row
+
+
+def time_exports(rows: list[dict], a: argparse.Namespace) -> None:
+    """Every row's FP32 export timed side by side once all are trained, so that no row is timed
+    beside another row's training: --rounds passes over all of them (one ONNX Runtime session per
+    file, the same threads, the median of --iters calls each), the median of each file's p50s."""
+    import statistics
+
+    from toolkit.bench import Artifact, ArtifactKind, BenchConfig, run_bench
+    from toolkit.config import Device
+
+    seq = min(a.seq, *(r["model"]["text"]["max_length"] for r in rows))
+    files = tuple(Artifact(ArtifactKind.onnx, str(Path(r["run"]) / "model.onnx")) for r in rows)
+    p50s: list[list[float]] = [[] for _ in rows]
+    for i in range(a.rounds):
+        log(f"timing {len(rows)} exports at batch 1, {seq} tokens: round {i + 1} of {a.rounds}")
+        bench = run_bench(BenchConfig(files, device=Device.cpu, batches=(1,), seq=seq,
+                                      warmup=a.warmup_iters, iters=a.iters, threads=a.threads,
+                                      compare=False))
+        for times, res in zip(p50s, bench["results"]):
+            times.append(res["compute_only"]["p50_ms"])
+    for r, times in zip(rows, p50s):
+        r["latency_ms"] = {"p50": statistics.median(times), "p50_rounds": times,
+                           "iters": a.iters, "batch": 1, "seq": seq, "threads": a.threads}
 
 
 def tables(rows: list[dict]) -> dict[str, list[dict]]:
@@ -256,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seq", type=int, default=32, help="question tokens for the latency")
     ap.add_argument("--iters", type=int, default=200, help="timed ONNX Runtime calls per row")
     ap.add_argument("--warmup-iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="passes over all rows' exports when timing them, side by side")
     ap.add_argument("--pointing", type=int, default=1000,
                     help="held-out questions for the pointing game (grid cross-attention "
                     "rows); 0: none")
@@ -267,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> dict:
     a = build_parser().parse_args(argv)
-    if a.steps < 1:
-        raise SystemExit(f"error: --steps {a.steps} must be at least 1")
+    if a.steps < 1 or a.rounds < 1:
+        raise SystemExit(f"error: --steps ({a.steps}) and --rounds ({a.rounds}) must be at least 1")
     if not (a.data / "dataset.json").is_file():
         raise SystemExit(f"error: {a.data} is not a dataset folder (no dataset.json); make one "
                          "with: toolkit data generate --out DIR --scenes 10000 --image-size 64")
@@ -293,6 +310,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows.append(run_row(name, seed, a))
             write_json(a.out, {**tables(rows), "machine": machine, "command": command,
                                "budget": budget})
+    time_exports(rows, a)
+    write_json(a.out, {**tables(rows), "machine": machine, "command": command, "budget": budget})
     log(f"wrote {a.out} ({len(rows)} rows)")
     print(markdown(tables(rows)))
     return {**tables(rows), "machine": machine, "command": command, "budget": budget}
