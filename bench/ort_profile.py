@@ -3,7 +3,7 @@
   python bench/ort_profile.py --threads 1 --reps 20 --json OUT.json MODEL.onnx [MODEL.onnx ...]
 
 Each file gets one session (CPU, all of ONNX Runtime's graph optimizations, as the toolkit's
-runner uses), a feed built from its declared inputs (batch 1, --length question tokens, a random
+runner uses), the feed `toolkit bench` builds (batch 1, a question of --seq tokens, a random
 image), --warmup calls, then --reps profiled calls. The profile's kernel events are summed per op
 type of the optimized graph (what ORT runs after its fusions, not the file's node types) and per
 kind: matrix products in float or integer, the quantize/dequantize steps, and everything else.
@@ -37,30 +37,26 @@ def kind(op_type: str) -> str:
     return next((k for k, ops in KINDS.items() if op_type in ops), "other")
 
 
-def feed_for(session, length: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the declared shapes: batch 1, `length` tokens, ids that fit any vocabulary."""
-    rng = np.random.default_rng(seed)
-    feed = {}
-    for inp in session.get_inputs():
-        if inp.name == "image":
-            size = [d if isinstance(d, int) else 1 for d in inp.shape]
-            feed[inp.name] = rng.standard_normal(size, dtype=np.float32)
-        elif inp.name == "input_ids":
-            feed[inp.name] = rng.integers(5, 100, (1, length), dtype=np.int64)
-        elif inp.name == "attention_mask":
-            feed[inp.name] = np.ones((1, length), dtype=np.int64)
-        else:
-            raise SystemExit(f"error: {inp.name!r} is not an input of the toolkit's graphs "
-                             "(image, input_ids, attention_mask)")
-    return feed
+def feed_for(path: str, seq: int) -> dict[str, np.ndarray]:
+    """The feed `toolkit bench` times: one random picture and a question of exactly `seq`
+    tokens, through the artifact's own preprocessing (its record says how)."""
+    from toolkit.bench import bench_inputs
+    from toolkit.errors import ToolkitError
+    from toolkit.runtime.predictor import Predictor
+
+    try:
+        with Predictor.load(path, device="cpu", threads=1) as predictor:
+            return bench_inputs(predictor, 1, seq)[0]
+    except ToolkitError as e:  # not a toolkit export, or --seq past its max_length
+        raise SystemExit(f"error: {e}") from None
 
 
-def profile(path: str, threads: int, length: int, warmup: int, reps: int) -> dict:
+def profile(path: str, threads: int, seq: int, warmup: int, reps: int) -> dict:
     import onnxruntime as ort
 
     if not Path(path).is_file():
         raise SystemExit(f"error: {path} is not a file; give an exported .onnx (toolkit export)")
-
+    feed = feed_for(path, seq)
     with tempfile.TemporaryDirectory() as tmp:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -68,7 +64,6 @@ def profile(path: str, threads: int, length: int, warmup: int, reps: int) -> dic
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "profile")
         sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        feed = feed_for(sess, length)
         walls = []
         for i in range(warmup + reps):
             t = time.perf_counter()
@@ -101,7 +96,7 @@ def profile(path: str, threads: int, length: int, warmup: int, reps: int) -> dic
     for op, ms in by_op.items():
         by_kind[kind(op)] += ms
     return {
-        "onnx": path, "threads": threads, "length": length, "reps": reps,
+        "onnx": path, "threads": threads, "seq": seq, "reps": reps,
         "wall_ms": statistics.median(walls), "kernel_ms": total,
         "kinds": {k: {"ms": v, "share": v / total} for k, v in
                   sorted(by_kind.items(), key=lambda kv: -kv[1])},
@@ -125,14 +120,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("onnx", nargs="+")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--length", type=int, default=128, help="question tokens")
+    ap.add_argument("--seq", type=int, default=128, help="question tokens")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--top", type=int, default=15, help="op types printed per file")
     ap.add_argument("--json", type=Path)
     argv = sys.argv[1:] if argv is None else argv
     a = ap.parse_args(argv)
-    results = [profile(p, a.threads, a.length, a.warmup, a.reps) for p in a.onnx]
+    results = [profile(p, a.threads, a.seq, a.warmup, a.reps) for p in a.onnx]
     for p in results:
         print(markdown(p, a.top), flush=True)
     if a.json:

@@ -305,16 +305,19 @@ def main(argv: list[str] | None = None) -> dict:
               "freeze_binding": bool(a.curriculum_steps), "data": str(a.data),
               "evaluated": "final weights (last.safetensors), held-out split (val)"}
     rows: list[dict] = []
+
+    def report() -> dict:
+        return {**tables(rows), "machine": machine, "command": command, "budget": budget}
+
     for seed in a.seeds:
         for name in a.rows:
             rows.append(run_row(name, seed, a))
-            write_json(a.out, {**tables(rows), "machine": machine, "command": command,
-                               "budget": budget})
+            write_json(a.out, report())
     time_exports(rows, a)
-    write_json(a.out, {**tables(rows), "machine": machine, "command": command, "budget": budget})
+    write_json(a.out, report())
     log(f"wrote {a.out} ({len(rows)} rows)")
     print(markdown(tables(rows)))
-    return {**tables(rows), "machine": machine, "command": command, "budget": budget}
+    return report()
 
 
 if __name__ == "__main__":

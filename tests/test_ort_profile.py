@@ -17,7 +17,7 @@ import ort_profile  # noqa: E402  (bench/ is not a package)
 @pytest.fixture(scope="module")
 def profiles(tiny_onnx, tiny_int8, tmp_path_factory):
     out = tmp_path_factory.mktemp("profile") / "profile.json"
-    results = ort_profile.main(["--reps", "3", "--warmup", "1", "--length", "8", "--json",
+    results = ort_profile.main(["--reps", "3", "--warmup", "1", "--seq", "8", "--json",
                                 str(out), str(tiny_onnx.path), str(tiny_int8.path)])
     return results, json.loads(out.read_text(encoding="utf-8"))
 
@@ -42,3 +42,8 @@ def test_float_and_integer_graphs_run_their_own_kernels(profiles):
 def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(SystemExit, match="is not a file"):
         ort_profile.main([str(tmp_path / "absent.onnx")])
+
+
+def test_a_question_past_the_graphs_max_length_is_refused(tiny_onnx):
+    with pytest.raises(SystemExit, match="--seq 999 is above the max_length"):
+        ort_profile.main(["--seq", "999", str(tiny_onnx.path)])
