@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from toolkit.cli import app
 from toolkit.config import Fusion, VisualTokens, preset
-from toolkit.explain import (AttentionCapture, ExplainError, cells_on, explain, figure,
-                             load_predictor, point, score_row, summarize)
+from toolkit.explain import (AttentionCapture, ExplainError, cell_contributions, cells_on, explain,
+                             figure, load_predictor, point, score_row, summarize)
 from toolkit.model import DualModalNet
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -45,8 +45,9 @@ def test_every_softmax_sums_to_one_and_the_logits_are_the_models(predictor, tiny
     for r in results:
         n = r.grid[0] * r.grid[1]
         assert r.grid == (8, 8)  # 32 px through the stem (stride 4) and one stage of stride 1
-        assert set(r.weights) == {"block0.text_to_visual", "block0.visual_to_text",
-                                  "relation.pick", "kept_share"}
+        assert set(r.weights) == {"block0.text_to_visual", "block0.text_to_visual.norm",
+                                  "block0.visual_to_text", "relation.pick", "kept_share"}
+        assert r.weights["block0.text_to_visual.norm"].shape == (n,)
         assert r.weights["block0.text_to_visual"].shape == (cfg.heads, n)
         assert r.weights["block0.visual_to_text"].shape == (cfg.heads, n, len(r.tokens))
         assert r.weights["relation.pick"].shape == (cfg.heads, n)
@@ -83,6 +84,13 @@ def test_captured_weights_reproduce_the_attention_output(predictor, tiny_data):
     w = torch.from_numpy(np.stack([r.weights["block0.text_to_visual"] for r in results]))
     read = torch.einsum("bhn,bnhe->bhe", w, v).reshape(len(rows), 1, d)
     torch.testing.assert_close(mha.out_proj(read), seen["out"], atol=1e-5, rtol=1e-4)
+    # The norm map's vectors: each cell's part of the output, which they add up to.
+    sent = cell_contributions(mha, seen["ctx"], w)  # (B, N, D)
+    torch.testing.assert_close(sent.sum(1, keepdim=True) + mha.out_proj.bias, seen["out"],
+                               atol=1e-5, rtol=1e-4)
+    norm = sent.norm(dim=-1)
+    np.testing.assert_allclose(np.stack([r.weights["block0.text_to_visual.norm"] for r in results]),
+                               (norm / norm.sum(1, keepdim=True)).numpy(), atol=1e-6)
 
 
 def test_explain_writes_a_png_and_the_raw_weights(tiny_run, tiny_data, tmp_path):
@@ -246,7 +254,8 @@ def test_pointing_cli_scores_the_held_out_split(tiny_run, tiny_data, tmp_path):
     rows = _val_rows(tiny_data, 10_000)
     assert report["rows"] == len(rows) and report["grid"] == [8, 8]
     relational = sum(r["question_type"] in ("closest", "furthest") for r in rows)
-    for name in ("block0.text_to_visual", "relation.pick", "relation.pick.head1", "kept_share"):
+    for name in ("block0.text_to_visual", "block0.text_to_visual.norm", "relation.pick",
+                 "relation.pick.head1", "kept_share"):
         named, answer = report["pointing"][name]["named"], report["pointing"][name]["answer"]
         assert named["overall"]["n"] == len(rows)
         assert answer["overall"]["n"] == relational

@@ -6,6 +6,9 @@ fusion takes, as numpy arrays:
 
   block{i}.text_to_visual  (H, N)     the question query over the N cells, per head
   block{i}.visual_to_text  (H, N, K)  each cell over the K = 1 + L keys [question query, tokens]
+  block{i}.text_to_visual.norm
+                           (N,)       how much each cell sends into the query's read: the norm of
+                                      its weighted, projected value summed over heads (below)
   relation.pick            (H, N)     RelationRead's choice of cells, per head
   kept_share               (N,)       each cell's share of the cell MLP's output, squared and
                                       normalized: where RelationRead takes the named object to be
@@ -17,6 +20,14 @@ need_weights=False in the model (the fast path); the hook calls the module's `fo
 the same inputs with need_weights=True, average_attn_weights=False (PyTorch's own arithmetic:
 https://pytorch.org/docs/stable/generated/torch.nn.MultiheadAttention.html). Calling `forward`,
 not the module, does not fire the hook again.
+
+A weight alone can point where nothing is read. A head with nothing to do for a question puts
+its weight on cells the cell MLP has silenced, and what those cells send is near zero; averaged
+with a head that is on the named object, that weight can outvote it. The `.norm` map is the
+norm-based reading of attention (Kobayashi et al., 2020, "Attention is not only a weight",
+https://arxiv.org/abs/2004.10102): cell n's share of ||sum_h a_hn W_O^h (W_V^h v_n + b_V^h)||,
+the vector the cell adds to the module's output (the output bias, the same for every cell, left
+out). The raw weights stay the document's map; both are scored.
 
 `draw` (matplotlib: the `plot` extra) makes one picture per question; `pointing_game` scores the
 maps on the embedded dataset's held-out split (Zhang et al., 2016, "Top-down neural attention by
@@ -92,7 +103,12 @@ class AttentionCapture:
         def hook(module, args, kwargs, output):
             kw = {**kwargs, "need_weights": True, "average_attn_weights": False}
             _, w = module.forward(*args, **kw)  # (B, H, Lq, Lk)
-            w = w[:, :, 0] if squeeze_query else w  # text_to_visual has one query
+            if squeeze_query:  # text_to_visual has one query
+                w = w[:, :, 0]  # (B, H, N)
+                value = args[2] if len(args) > 2 else kwargs["value"]
+                sent = cell_contributions(module, value, w).norm(dim=-1)  # (B, N)
+                self.weights[f"{name}.norm"] = _numpy(
+                    sent / sent.sum(1, keepdim=True).clamp_min(1e-30))
             self.weights[name] = _numpy(w)
 
         return hook
@@ -107,6 +123,21 @@ class AttentionCapture:
 
     def _pick(self, module, args, kwargs, output):
         self.weights["relation.pick"] = _numpy(module.choose(*args, **kwargs).transpose(1, 2))
+
+
+def cell_contributions(mha, value, weights):
+    """(B, N, D): what each of the N keys adds to a one-query `nn.MultiheadAttention`'s output,
+    sum_h a_hn W_O^h (W_V^h v_n + b_V^h). Summed over n, plus out_proj's bias, it is the output.
+    value: (B, N, D) batch-first, as the module got it; weights: (B, H, N), per head."""
+    import torch
+    import torch.nn.functional as F
+
+    d, h = mha.embed_dim, mha.num_heads
+    w_v = mha.in_proj_weight[2 * d:] if mha.in_proj_weight is not None else mha.v_proj_weight
+    b_v = mha.in_proj_bias[2 * d:] if mha.in_proj_bias is not None else None
+    v = F.linear(value, w_v, b_v).view(*value.shape[:2], h, d // h)  # (B, N, H, D/H)
+    w_o = mha.out_proj.weight.view(d, h, d // h)  # (D, H, D/H): head h's columns
+    return torch.einsum("bhn,bnhe,dhe->bnd", weights, v, w_o)
 
 
 def _numpy(t) -> np.ndarray:
@@ -140,7 +171,7 @@ class Explanation:
                 maps[name] = w.mean(0)
                 if w.shape[0] > 1:
                     maps.update({f"{name}.head{h}": w[h] for h in range(w.shape[0])})
-            elif name == "kept_share":
+            elif name == "kept_share" or name.endswith(".norm"):
                 maps[name] = w
         return maps
 
@@ -301,7 +332,8 @@ def figure(expl: Explanation):
         cell = s / w
         ax.add_patch(Rectangle(((top % w) * cell, (top // w) * cell), cell, cell, fill=False,
                                edgecolor="cyan", linewidth=1.5))
-        ax.set_title(f"{name}\nmax {m.max():.2f}", fontsize=8)
+        how = " (weight x what the cell sends)" if name.endswith(".norm") else ""
+        ax.set_title(f"{name}{how}\nmax {m.max():.2f}", fontsize=8)
         ax.set_axis_off()
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     bars, how = expl.token_attention()
