@@ -19,8 +19,8 @@ DEMO_EPOCHS ?= 7
 # The first steps ask only left/right and top/bottom questions, which no image statistic answers:
 # the model must find the object the question names. A second stage adds shape questions, with what
 # finds the object held (--freeze-binding), so that the object's cell learns its shape
-# (bench/training.md). Each stage ends once learned (mean training loss under 0.05), after this
-# many steps at the latest.
+# (bench/training.md; without the stages, or without the hold, seed 2 misses the floors there).
+# Each stage ends once learned (mean training loss under 0.05), after this many steps at the latest.
 DEMO_CURRICULUM ?= 3000
 # The demo fails (exit 1) below these held-out accuracies, in percent: each of non-relational and
 # relational, and each question type. They are the main job's targets; every seed measured with
