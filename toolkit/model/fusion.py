@@ -19,7 +19,8 @@ again: on some seeds one colour's questions stayed unbound through the curriculu
 on them was about 0.1% of the other colours'). `fusion_cell_slope` makes the units leaky. Alone
 it did not make the binding reliable across seeds; `small` sets it (0.1) together with the
 multiscale convnet and the relation tally below, the combination that learned every question type
-on the seeds of bench/training.md.
+on the seeds of bench/training.md. That combination still needs `toolkit train`'s curriculum
+stages and `--freeze-binding`: without either, seed 2 misses a floor there.
 
 The cells are summed, not averaged: "how many objects share its shape" is a count.
 
