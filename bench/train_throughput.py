@@ -108,7 +108,8 @@ def main() -> None:
                    help="JSON overrides of this checkout's small preset (toolkit train's format)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    overrides = json.dumps(json.loads(args.model_config.read_text())) if args.model_config else ""
+    model_cfg = json.loads(args.model_config.read_text()) if args.model_config else {}
+    overrides = json.dumps(model_cfg) if model_cfg else ""
     here = Path(__file__).resolve().parents[1]
     checkouts = {"this": here} | ({"baseline": args.baseline.resolve()} if args.baseline else {})
     rates: dict[str, list[float]] = {f"{c} {m}": [] for c in checkouts for m in ("loop", "model")}
@@ -128,7 +129,7 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"rates": rates, "medians": medians,
                                          "threads": args.threads, "steps": args.steps,
-                                         "model_config": json.loads(overrides or "{}"),
+                                         "model_config": model_cfg,
                                          "batch": args.batch, "date": time.strftime("%F")},
                                         indent=1))
 
